@@ -119,7 +119,7 @@ static int apply(PGconn *db, const Callmanager__Events__V1__CallbackEvent *ev,
            "ON CONFLICT (date) DO UPDATE SET %s = calls_callmetrics.%s + 1, "
            "total_call_duration = calls_callmetrics.total_call_duration + "
            "EXCLUDED.total_call_duration, updated_at = now()) "
-           "UPDATE calls_callback SET applied_at = now(), result = 'applied' "
+           "UPDATE calls_callback SET applied_at = now(), result = 'applied:' || $3 "
            "WHERE id = $9::bigint",
            t->metric, t->metric, t->metric);
   return ccm_db_exec(db, sql, 12, params, NULL);

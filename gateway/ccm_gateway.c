@@ -1,9 +1,10 @@
 /* `ccm gateway`: libmicrohttpd (epoll, internal thread pool, suspend/resume)
  * in front of the CallManager gRPC service.
  *
- * A request goes through: route (404), method (405), body size (413, from
- * Content-Length before the body is read, or while a chunked body arrives),
- * token (401), callback signature (401), body (400), then the RPC. For the
+ * A request goes through: route (404), method (405), body size (413: from
+ * Content-Length before the body is read; a chunked body past the limit is
+ * discarded up to 16 MiB and answered at its end, beyond that the connection
+ * is closed), token (401), callback signature (401), body (400), the RPC. For the
  * RPC the connection is suspended, the call started on the shared channel,
  * and the client's completion thread copies the reply into the request and
  * resumes the connection; MHD then re-enters the handler, which answers.
@@ -59,7 +60,8 @@
 #define SIGNATURE_WINDOW_S 300
 #define LOG_PATH_MAX 256
 #define YAML_DEPTH_MAX 64
-#define HEADER_VALUE_MAX 1024 /* metadata values forwarded to gRPC */
+#define HEADER_VALUE_MAX 1024                  /* metadata values forwarded to gRPC */
+#define DISCARD_MAX (16u * CCM_ROUTE_BODY_MAX) /* chunked bodies read before a 413 */
 
 #define CORS_ORIGIN "*"
 #define CORS_METHODS "GET, POST, PUT, OPTIONS"
@@ -508,9 +510,12 @@ static enum MHD_Result on_body(struct gw_request *rq, const char *data, size_t s
   if (rq->replied) return MHD_YES;
   rq->received += size;
   if (rq->received > CCM_ROUTE_BODY_MAX) {
+    /* MHD 0.9.75 cannot answer in the middle of a body: a chunked body over
+     * the limit is discarded up to a hard cap and answered 413 at its end;
+     * a longer one has its connection closed. */
     if (rq->pending == CCM_OK) rq->pending = CCM_ETOOLARGE;
     ccm_buf_free(&rq->body);
-    return MHD_YES; /* the rest is discarded; answered when it has arrived */
+    return rq->received > DISCARD_MAX ? MHD_NO : MHD_YES;
   }
   if (rq->pending != CCM_OK || rq->match.route == NULL || !rq->match.route->body) return MHD_YES;
   int rc = ccm_buf_append(&rq->body, data, size);
@@ -739,9 +744,13 @@ static char *read_file(const char *path, size_t *len) {
   struct ccm_buf b;
   ccm_buf_init(&b, 4u * 1024u * 1024u);
   char chunk[8192];
-  size_t n;
   bool ok = true;
-  while (ok && (n = fread(chunk, 1, sizeof chunk, f)) > 0) ok = ccm_buf_append(&b, chunk, n) == 0;
+  for (;;) {
+    size_t n = fread(chunk, 1, sizeof chunk, f);
+    if (n == 0) break;
+    ok = ccm_buf_append(&b, chunk, n) == CCM_OK;
+    if (!ok) break;
+  }
   ok = ok && !ferror(f);
   fclose(f);
   if (!ok) {
@@ -881,12 +890,12 @@ static int serve(struct gateway *gw) {
   unsigned threads = pool_threads(cfg->gateway_max_connections);
   unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
   gw->daemon = MHD_start_daemon(
-      flags, (uint16_t)cfg->http_port, NULL, NULL, on_request, gw, MHD_OPTION_THREAD_POOL_SIZE,
-      threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->gateway_max_connections,
-      MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->gateway_idle_timeout_seconds,
-      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY, MHD_OPTION_URI_LOG_CALLBACK,
-      on_uri, gw, MHD_OPTION_NOTIFY_COMPLETED, on_completed, gw, MHD_OPTION_EXTERNAL_LOGGER,
-      on_mhd_log, gw, MHD_OPTION_END);
+      flags, (uint16_t)cfg->http_port, NULL, NULL, on_request, gw, MHD_OPTION_EXTERNAL_LOGGER,
+      on_mhd_log, gw, MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT,
+      (unsigned)cfg->gateway_max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+      (unsigned)cfg->gateway_idle_timeout_seconds, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+      (size_t)CONNECTION_MEMORY, MHD_OPTION_URI_LOG_CALLBACK, on_uri, gw,
+      MHD_OPTION_NOTIFY_COMPLETED, on_completed, gw, MHD_OPTION_END);
   if (gw->daemon == NULL) {
     fprintf(stderr, "ccm gateway: cannot listen on 0.0.0.0:%d (HTTP_PORT)\n", cfg->http_port);
     ccm_error(LOGGER, "cannot listen on 0.0.0.0:%d", cfg->http_port);

@@ -327,6 +327,7 @@ static int set_param(const struct ccm_route_param *p, const char *value, size_t 
   int rc = ccm_json_set_field(msg, p->field, j, arena, &jerr);
   json_decref(j);
   if (rc == CCM_EINVAL) return route_fail(err, CCM_EINVAL, p->message, p->name);
+  if (rc == CCM_ENOMEM) return route_fail(err, CCM_ENOMEM, ccm_error_message(CCM_ENOMEM), NULL);
   if (rc != CCM_OK) return route_fail(err, CCM_EINTERNAL, ccm_error_message(CCM_EINTERNAL), NULL);
   return CCM_OK;
 }
