@@ -17,10 +17,6 @@
 
 #include <errno.h>
 #include <microhttpd.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/sha.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -42,6 +38,7 @@
 #include "ccm_log.h"
 #include "ccm_routes.h"
 #include "ccm_rpc_client.h"
+#include "ccm_sign.h"
 #include "ccm_signals.h"
 #include "grpc/health/v1/health.pb-c.h"
 
@@ -142,15 +139,6 @@ static bool printable_ascii(const char *s) {
     if (*p < 0x20 || *p > 0x7e) return false;
   }
   return true;
-}
-
-static void hex_encode(const unsigned char *in, size_t len, char *out) {
-  static const char digits[] = "0123456789abcdef";
-  for (size_t i = 0; i < len; i++) {
-    out[2 * i] = digits[in[i] >> 4];
-    out[2 * i + 1] = digits[in[i] & 15];
-  }
-  out[2 * len] = '\0';
 }
 
 /* ------------------------------------------------------------- answers --- */
@@ -336,39 +324,9 @@ static int check_token(struct gw_request *rq, const char **message) {
 
 /* Checks X-Timestamp / X-Signature against HMAC-SHA256(secret, ts "." body). */
 static bool signature_ok(struct gw_request *rq) {
-  const char *secret = rq->gw->cfg->callback_signing_secret;
-  const char *ts = header_of(rq->conn, "X-Timestamp");
-  const char *sig = header_of(rq->conn, "X-Signature");
-  if (ts == NULL || sig == NULL || strncmp(sig, "sha256=", 7) != 0) return false;
-  size_t ts_len = strlen(ts);
-  if (ts_len == 0 || ts_len > 12 || strspn(ts, "0123456789") != ts_len) return false;
-  long long when = strtoll(ts, NULL, 10);
-  long long now = (long long)time(NULL);
-  if (when < now - SIGNATURE_WINDOW_S || when > now + SIGNATURE_WINDOW_S) return false;
-  const char *given = sig + 7;
-  if (strlen(given) != 2 * SHA256_DIGEST_LENGTH) return false;
-
-  size_t len = ts_len + 1 + rq->body.len;
-  unsigned char *data = ccm_arena_alloc(&rq->arena, len);
-  if (data == NULL) return false;
-  memcpy(data, ts, ts_len);
-  data[ts_len] = '.';
-  if (rq->body.len > 0) memcpy(data + ts_len + 1, rq->body.data, rq->body.len);
-  unsigned char mac[EVP_MAX_MD_SIZE];
-  unsigned int mac_len = 0;
-  if (HMAC(EVP_sha256(), secret, (int)strlen(secret), data, len, mac, &mac_len) == NULL) {
-    return false;
-  }
-  char expected[2 * EVP_MAX_MD_SIZE + 1];
-  char lowered[2 * SHA256_DIGEST_LENGTH + 1];
-  hex_encode(mac, mac_len, expected);
-  for (size_t i = 0; i < 2 * SHA256_DIGEST_LENGTH; i++) {
-    char c = given[i];
-    lowered[i] = (c >= 'A' && c <= 'F') ? (char)(c - 'A' + 'a') : c;
-  }
-  lowered[2 * SHA256_DIGEST_LENGTH] = '\0';
-  return mac_len == SHA256_DIGEST_LENGTH &&
-         CRYPTO_memcmp(expected, lowered, 2 * SHA256_DIGEST_LENGTH) == 0;
+  return ccm_sign_verify(rq->gw->cfg->callback_signing_secret, header_of(rq->conn, "X-Timestamp"),
+                         header_of(rq->conn, "X-Signature"), rq->body.data, rq->body.len,
+                         (int64_t)time(NULL));
 }
 
 /* Adds one metadata entry when value is present; false when it cannot be
@@ -418,17 +376,22 @@ static enum MHD_Result start_rpc(struct gw_request *rq) {
                            "Idempotency-Key", NULL, NULL);
     }
   }
-  if (route->signed_body && header_of(rq->conn, "X-Signature") != NULL) {
-    unsigned char digest[SHA256_DIGEST_LENGTH];
-    char *hex = ccm_arena_alloc(&rq->arena, 2 * SHA256_DIGEST_LENGTH + 1);
+  if (route->signed_body && gw->cfg->callback_signing_secret != NULL) {
+    /* The server checks the signature again, over the raw body it receives
+     * as binary metadata, and applies only what the body says. */
+    if (rq->body.len > CCM_SIGN_BODY_MAX) {
+      return respond_error(rq, CCM_ETOOLARGE, "Signed callback body too large.", NULL, NULL, NULL);
+    }
+    char *hex = ccm_arena_alloc(&rq->arena, 65);
     if (hex == NULL) return respond_error(rq, CCM_ENOMEM, NULL, NULL, NULL, NULL);
-    SHA256((const unsigned char *)(rq->body.data != NULL ? rq->body.data : ""), rq->body.len,
-           digest);
-    hex_encode(digest, sizeof digest, hex);
+    ccm_sign_sha256_hex(rq->body.data, rq->body.len, hex);
     bool ok = add_metadata(md, &n, "x-signature", header_of(rq->conn, "X-Signature")) &&
               add_metadata(md, &n, "x-timestamp", header_of(rq->conn, "X-Timestamp")) &&
               add_metadata(md, &n, "x-body-sha256", hex);
     if (!ok) return respond_error(rq, CCM_EUNAUTH, MSG_BAD_SIGNATURE, NULL, NULL, NULL);
+    md[n].key = "x-callback-body-bin";
+    md[n].value = rq->body.data != NULL ? rq->body.data : "";
+    n++;
   }
 
   pthread_mutex_lock(&gw->mu);

@@ -69,7 +69,7 @@ bool ccm_json_enum_value(const ProtobufCEnumDescriptor *desc, const char *name, 
   size_t skip = enum_prefix_len(desc);
   for (unsigned i = 0; i < desc->n_values; i++) {
     const char *full = desc->values[i].name;
-    if (strcmp(full + skip, name) == 0 || strcmp(full, name) == 0) {
+    if (strcmp(full + skip, name) == 0) {
       *value = desc->values[i].value;
       return true;
     }

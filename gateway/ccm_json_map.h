@@ -48,7 +48,7 @@ json_t *ccm_json_from_message(const ProtobufCMessage *msg);
  * or NULL when value is not one of desc's values. Borrowed from desc. */
 const char *ccm_json_enum_name(const ProtobufCEnumDescriptor *desc, int value);
 
-/* Looks an enum value up by its short name ("PICKED") or full name. Returns
+/* Looks an enum value up by its short name ("PICKED"), as the REST API spells it. Returns
  * true and stores it in *value, false when unknown. */
 bool ccm_json_enum_value(const ProtobufCEnumDescriptor *desc, const char *name, int *value);
 

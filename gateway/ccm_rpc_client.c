@@ -275,8 +275,8 @@ static int copy_metadata(struct call_state *cs, const struct ccm_rpc_metadata *m
     cs->md[cs->md_count].key = key;
     cs->md[cs->md_count].value = value;
     cs->md_count++;
-    if (!grpc_header_key_is_legal(key) || grpc_is_binary_header(key) ||
-        !grpc_header_nonbin_value_is_legal(value)) {
+    if (!grpc_header_key_is_legal(key) ||
+        (!grpc_is_binary_header(key) && !grpc_header_nonbin_value_is_legal(value))) {
       return CCM_EINVAL;
     }
   }
@@ -378,14 +378,14 @@ struct sync_call {
   pthread_mutex_t mu;
   pthread_cond_t cond;
   bool done;
-  struct ccm_rpc_result *out;
+  struct ccm_rpc_call_result *out;
 };
 
 static char *dup_or_null(const char *s) { return s == NULL ? NULL : strdup(s); }
 
 static void sync_done(void *user, const struct ccm_rpc_reply *reply) {
   struct sync_call *s = user;
-  struct ccm_rpc_result *r = s->out;
+  struct ccm_rpc_call_result *r = s->out;
   r->grpc_status = reply->grpc_status;
   r->message = strdup(reply->message);
   r->error_reason = dup_or_null(reply->error_reason);
@@ -410,7 +410,7 @@ static void sync_done(void *user, const struct ccm_rpc_reply *reply) {
 
 int ccm_rpc_client_call(struct ccm_rpc_client *client, const char *method, const void *request,
                         size_t request_len, const struct ccm_rpc_metadata *metadata,
-                        size_t metadata_count, int timeout_ms, struct ccm_rpc_result *out) {
+                        size_t metadata_count, int timeout_ms, struct ccm_rpc_call_result *out) {
   if (out == NULL) return CCM_EINVAL;
   memset(out, 0, sizeof *out);
   struct sync_call s = {.done = false, .out = out};
@@ -428,7 +428,7 @@ int ccm_rpc_client_call(struct ccm_rpc_client *client, const char *method, const
   return rc;
 }
 
-void ccm_rpc_result_free(struct ccm_rpc_result *r) {
+void ccm_rpc_call_result_free(struct ccm_rpc_call_result *r) {
   if (r == NULL) return;
   free(r->message);
   free(r->error_reason);

@@ -73,8 +73,8 @@ int ccm_rpc_client_start(struct ccm_rpc_client *client, const char *method, cons
                          void *user);
 
 /* A reply copied out of the completion callback by ccm_rpc_client_call; the
- * caller releases it with ccm_rpc_result_free. */
-struct ccm_rpc_result {
+ * caller releases it with ccm_rpc_call_result_free. */
+struct ccm_rpc_call_result {
   int grpc_status;
   char *message;      /* never NULL after a successful ccm_rpc_client_call */
   char *error_reason; /* NULL when absent */
@@ -86,14 +86,14 @@ struct ccm_rpc_result {
 
 /* Makes one blocking unary call (arguments as ccm_rpc_client_start). Returns
  * CCM_OK when the call completed (with any gRPC status, in *out, which the
- * caller frees with ccm_rpc_result_free even after an error), or the error of
+ * caller frees with ccm_rpc_call_result_free even after an error), or the error of
  * ccm_rpc_client_start. Must not be called on the completion-queue thread. */
 int ccm_rpc_client_call(struct ccm_rpc_client *client, const char *method, const void *request,
                         size_t request_len, const struct ccm_rpc_metadata *metadata,
-                        size_t metadata_count, int timeout_ms, struct ccm_rpc_result *out);
+                        size_t metadata_count, int timeout_ms, struct ccm_rpc_call_result *out);
 
 /* Releases the strings and bytes of r and zeroes it; NULL is accepted. */
-void ccm_rpc_result_free(struct ccm_rpc_result *r);
+void ccm_rpc_call_result_free(struct ccm_rpc_call_result *r);
 
 /* Cancels every call in flight (their callbacks report CANCELLED, or the
  * status they already had); new calls are still accepted. Never fails. */

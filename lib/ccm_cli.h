@@ -9,8 +9,7 @@
 enum {
   CCM_EXIT_OK = 0,
   CCM_EXIT_FAILURE = 1,
-  CCM_EXIT_USAGE = 2,      /* bad option or configuration */
-  CCM_EXIT_UNAVAILABLE = 3 /* subcommand not available in this build */
+  CCM_EXIT_USAGE = 2 /* bad option or configuration */
 };
 
 /* Runs the subcommand named by argv[1]; returns the process exit code. */

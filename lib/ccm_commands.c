@@ -53,7 +53,9 @@ const struct ccm_command ccm_commands[] = {
      "recompute daily metrics from the call history",
      "Usage: ccm generate-metrics [--date YYYY-MM-DD] [--days N]\n\n"
      "Recomputes calls_callmetrics for the given UTC date, or the last N days\n"
-     "(default 1: today), idempotently.\n"},
+     "(default 1: today), idempotently. --date D --days N covers D and the N-1 days\n"
+     "before it. peak_concurrent_calls cannot be rebuilt from history and keeps its\n"
+     "stored value.\n"},
     {"cleanup-dlq",
      {"cleanup_dlq", NULL},
      ccm_cmd_cleanup_dlq,

@@ -1,7 +1,6 @@
 /* `ccm start-all`: runs every process of the system as a child, restarts a
  * child that dies (1 s, doubling to 30 s), and stops them all on Ctrl+C or
- * SIGTERM. A child that reports it is not available in this build
- * (CCM_EXIT_UNAVAILABLE) is not restarted. */
+ * SIGTERM. */
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -31,7 +30,6 @@ struct child {
   int64_t started_ms;    /* monotonic */
   int64_t restart_at_ms; /* monotonic; 0 = none planned */
   int64_t backoff_ms;
-  bool disabled; /* not available: never restarted */
 };
 
 static const char logger[] = "ccm.start_all";
@@ -56,22 +54,16 @@ static pid_t spawn(struct child *c, const sigset_t *old_mask) {
 
 static void on_exit_status(struct child *c, int status) {
   int64_t now = ccm_time_mono_ms();
-  int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  if (WIFEXITED(status) && code == CCM_EXIT_UNAVAILABLE) {
-    ccm_warn(logger, "%s is not available in this build; not restarted", c->command);
-    c->disabled = true;
+  if (now - c->started_ms >= HEALTHY_RUN_MS) c->backoff_ms = BACKOFF_FIRST_MS;
+  if (WIFSIGNALED(status)) {
+    ccm_error(logger, "%s (pid %d) killed by signal %d; restarting in %lld ms", c->command,
+              (int)c->pid, WTERMSIG(status), (long long)c->backoff_ms);
   } else {
-    if (now - c->started_ms >= HEALTHY_RUN_MS) c->backoff_ms = BACKOFF_FIRST_MS;
-    if (WIFSIGNALED(status)) {
-      ccm_error(logger, "%s (pid %d) killed by signal %d; restarting in %lld ms", c->command,
-                (int)c->pid, WTERMSIG(status), (long long)c->backoff_ms);
-    } else {
-      ccm_error(logger, "%s (pid %d) exited with status %d; restarting in %lld ms", c->command,
-                (int)c->pid, code, (long long)c->backoff_ms);
-    }
-    c->restart_at_ms = now + c->backoff_ms;
-    c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+    ccm_error(logger, "%s (pid %d) exited with status %d; restarting in %lld ms", c->command,
+              (int)c->pid, WEXITSTATUS(status), (long long)c->backoff_ms);
   }
+  c->restart_at_ms = now + c->backoff_ms;
+  c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
   c->pid = 0;
 }
 
@@ -169,7 +161,7 @@ int ccm_cmd_start_all(int argc, char **argv) {
     int64_t now = ccm_time_mono_ms();
     for (size_t i = 0; i < n; i++) {
       struct child *c = &children[i];
-      if (c->pid == 0 && !c->disabled && c->restart_at_ms != 0 && now >= c->restart_at_ms) {
+      if (c->pid == 0 && c->restart_at_ms != 0 && now >= c->restart_at_ms) {
         if (spawn(c, &old_mask) < 0) c->restart_at_ms = now + c->backoff_ms;
       }
     }

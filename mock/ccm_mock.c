@@ -24,8 +24,6 @@
 #include <jansson.h>
 #include <math.h>
 #include <microhttpd.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -44,6 +42,7 @@
 #include "ccm_commands.h"
 #include "ccm_error.h"
 #include "ccm_log.h"
+#include "ccm_sign.h"
 #include "ccm_signals.h"
 #include "ccm_time.h"
 
@@ -551,28 +550,6 @@ static char *build_body(const struct cb_job *job) {
   return text;
 }
 
-/* Writes "sha256=<hex HMAC-SHA256(secret, ts + "." + body)>" into out. */
-static int sign_body(const char *secret, const char *ts, const char *body, char *out,
-                     size_t outlen) {
-  struct ccm_buf msg;
-  ccm_buf_init(&msg, BODY_MAX + 64);
-  int rc = ccm_buf_printf(&msg, "%s.%s", ts, body);
-  if (rc != CCM_OK) {
-    ccm_buf_free(&msg);
-    return rc;
-  }
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int mdlen = 0;
-  unsigned char *ok = HMAC(EVP_sha256(), secret, (int)strlen(secret),
-                           (const unsigned char *)msg.data, msg.len, md, &mdlen);
-  ccm_buf_free(&msg);
-  if (ok == NULL || outlen < 8 + 2 * (size_t)mdlen) return CCM_EINTERNAL;
-  size_t n = (size_t)snprintf(out, outlen, "sha256=");
-  for (unsigned int i = 0; i < mdlen; i++)
-    n += (size_t)snprintf(out + n, outlen - n, "%02x", md[i]);
-  return CCM_OK;
-}
-
 /* Performs one PUT of job's body; returns the HTTP status, or 0 with a
  * message in errbuf (CURL_ERROR_SIZE bytes) when no answer came. */
 static long put_callback(struct ccm_mock *m, CURL *curl, const struct cb_job *job, char *errbuf) {
@@ -588,9 +565,9 @@ static long put_callback(struct ccm_mock *m, CURL *curl, const struct cb_job *jo
     if (next != NULL) headers = next;
   }
   if (m->secret != NULL) {
-    char ts[32], sig[100];
+    char ts[32], sig[CCM_SIGN_HEADER_MAX];
     snprintf(ts, sizeof ts, "%lld", (long long)(ccm_time_now_ms() / 1000));
-    if (sign_body(m->secret, ts, job->body, sig, sizeof sig) == CCM_OK) {
+    if (ccm_sign_compute(m->secret, ts, job->body, strlen(job->body), sig) == CCM_OK) {
       snprintf(ts_line, sizeof ts_line, "X-Timestamp: %s", ts);
       snprintf(sig_line, sizeof sig_line, "X-Signature: %s", sig);
       next = curl_slist_append(headers, ts_line);

@@ -24,15 +24,16 @@ trap stop_stack EXIT
 
 # record NAME CMD...: runs one suite step, counting it.
 record() {
-  local name=$1
+  local name=$1 start=$SECONDS
   shift
   say "== $name"
   if "$@"; then
     passed=$((passed + 1))
+    say "ok: $name ($((SECONDS - start)) s)"
   else
     failed=$((failed + 1))
     failures+=("$name")
-    say "FAILED: $name"
+    say "FAILED: $name ($((SECONDS - start)) s)"
   fi
 }
 
@@ -58,6 +59,10 @@ run_suite() {
   record "$build: ccm check" "$CCM_BIN" check
   for t in tests/e2e/test_*.sh; do
     [[ -e $t ]] || continue
+    # CCM_E2E_ONLY="grpc pipeline" runs just those scripts (debugging aid).
+    if [[ -n ${CCM_E2E_ONLY:-} && " $CCM_E2E_ONLY " != *" $(basename "$t" .sh | sed 's/^test_//') "* ]]; then
+      continue
+    fi
     fresh_database
     "$CCM_BIN" migrate >/dev/null
     record "$build: $(basename "$t")" bash "$t"
@@ -73,5 +78,6 @@ done
 
 say "--------------------------------------------------------------"
 for f in "${failures[@]}"; do say "failed: $f"; done
+say "total time: $((SECONDS / 60)) min $((SECONDS % 60)) s"
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

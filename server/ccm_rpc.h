@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "ccm_arena.h"
+#include "ccm_sign.h" /* CCM_SIGN_BODY_MAX: x-callback-body-bin */
 
 #define CCM_RPC_METADATA_MAX 1024 /* longest metadata value copied, bytes */
 
@@ -27,6 +28,7 @@ struct ccm_rpc_ctx {
   const char *signature;       /* metadata x-signature, NULL when absent */
   const char *signature_time;  /* metadata x-timestamp, NULL when absent */
   const char *body_sha256;     /* metadata x-body-sha256, NULL when absent */
+  const char *callback_body;   /* metadata x-callback-body-bin (the signed raw body), or NULL */
   int64_t deadline_ms;         /* absolute Unix ms; INT64_MAX when none */
   int worker;                  /* index of the worker thread running the handler */
   void *worker_data;           /* that worker's state (ccm_rpc_server_options) */

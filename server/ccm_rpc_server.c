@@ -856,6 +856,7 @@ static const char **ctx_field(struct ccm_rpc_ctx *ctx, grpc_slice key) {
   if (grpc_slice_str_cmp(key, "x-signature") == 0) return &ctx->signature;
   if (grpc_slice_str_cmp(key, "x-timestamp") == 0) return &ctx->signature_time;
   if (grpc_slice_str_cmp(key, "x-body-sha256") == 0) return &ctx->body_sha256;
+  if (grpc_slice_str_cmp(key, "x-callback-body-bin") == 0) return &ctx->callback_body;
   return NULL;
 }
 
@@ -868,13 +869,14 @@ static int read_metadata(struct rpc_slot *s, struct ccm_rpc_ctx *ctx, struct ccm
     const char **field = ctx_field(ctx, md->key);
     if (field == NULL || *field != NULL) continue;
     size_t len = GRPC_SLICE_LENGTH(md->value);
-    if (len > CCM_RPC_METADATA_MAX && field == &ctx->auth_token) continue; /* absent */
-    if (len > CCM_RPC_METADATA_MAX) {
+    size_t max = field == &ctx->callback_body ? CCM_SIGN_BODY_MAX : CCM_RPC_METADATA_MAX;
+    if (len > max && field == &ctx->auth_token) continue; /* absent */
+    if (len > max) {
       char *key = ccm_arena_strndup(&s->arena, (const char *)GRPC_SLICE_START_PTR(md->key),
                                     GRPC_SLICE_LENGTH(md->key));
       res->status = CCM_EINVAL;
       res->message = ccm_arena_printf(&s->arena, "Metadata %s is longer than %d bytes.",
-                                      key != NULL ? key : "value", CCM_RPC_METADATA_MAX);
+                                      key != NULL ? key : "value", (int)max);
       res->reason = "invalid_field";
       res->field = key;
       return res->status;

@@ -1,14 +1,17 @@
 /* ProcessCallback: validates the provider's callback and records it durably
  * (calls_callback + outbox row in one statement) before answering; the
  * callback consumer applies it to the call. */
+#include <jansson.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "callmanager/events/v1/events.pb-c.h"
 #include "ccm_db.h"
 #include "ccm_error.h"
 #include "ccm_log.h"
 #include "ccm_service.h"
+#include "ccm_sign.h"
 
 #define CALL_ID_MAX 128
 #define EXTERNAL_ID_MAX 128
@@ -19,6 +22,41 @@ static bool is_outcome(Callmanager__V1__CallStatus s) {
          s == CALLMANAGER__V1__CALL_STATUS__CALL_STATUS_DISCONNECTED ||
          s == CALLMANAGER__V1__CALL_STATUS__CALL_STATUS_RNR ||
          s == CALLMANAGER__V1__CALL_STATUS__CALL_STATUS_FAILED;
+}
+
+/* With CALLBACK_SIGNING_SECRET set, a callback must carry the gateway's
+ * signature metadata and the raw body it signed: the signature is checked
+ * again here, and the request must say what the signed body says, so a
+ * caller holding a token cannot apply an unsigned outcome. */
+static bool signature_valid(struct ccm_rpc_ctx *ctx,
+                            const Callmanager__V1__ProcessCallbackRequest *req) {
+  struct ccm_app *app = ctx->app;
+  const char *secret = app->cfg.callback_signing_secret;
+  if (secret == NULL) return true;
+  const char *body = ctx->callback_body;
+  if (body == NULL || ctx->signature == NULL || ctx->signature_time == NULL ||
+      ctx->body_sha256 == NULL) {
+    return false;
+  }
+  size_t len = strlen(body);
+  char hex[65];
+  ccm_sign_sha256_hex(body, len, hex);
+  if (strcmp(hex, ctx->body_sha256) != 0 ||
+      !ccm_sign_verify(secret, ctx->signature_time, ctx->signature, body, len,
+                       (int64_t)time(NULL))) {
+    return false;
+  }
+  json_t *root = json_loadb(body, len, 0, NULL);
+  const char *call_id = json_string_value(json_object_get(root, "call_id"));
+  const char *status = json_string_value(json_object_get(root, "status"));
+  const json_t *duration = json_object_get(root, "call_duration");
+  bool same = call_id != NULL && status != NULL && strcmp(call_id, req->call_id) == 0 &&
+              strcmp(status, ccm_svc_status_name(req->status)) == 0;
+  if (same && json_is_integer(duration)) {
+    same = req->_call_duration_case != 0 && req->call_duration == json_integer_value(duration);
+  }
+  json_decref(root);
+  return same;
 }
 
 /* Checks the request in SPEC order; fills out and returns false when bad. */
@@ -60,6 +98,10 @@ void ccm_svc_process_callback(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *m
   const Callmanager__V1__ProcessCallbackRequest *req = (const void *)msg;
   struct ccm_app *app = ctx->app;
   if (!ccm_svc_authorize(ctx, out)) return;
+  if (!signature_valid(ctx, req)) {
+    ccm_warn("ccm.server", "callback for %.128s refused: invalid signature", req->call_id);
+    return ccm_svc_fail(out, CCM_EUNAUTH, "Invalid callback signature.");
+  }
   if (!validate(req, out)) return;
   const char *timestamp = NULL;
   if (req->_timestamp_case != 0 && strlen(req->timestamp) <= TIMESTAMP_KEEP_MAX &&

@@ -339,7 +339,8 @@ void ccm_svc_initiate_call(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *msg,
   }
   char e164[CCM_PHONE_BUF];
   if (ccm_phone_normalize(req->phone_number, strlen(req->phone_number), e164) != CCM_OK) {
-    out->field = "phone_number";
+    /* No details.field here: the original answered `"details": {}` and its
+     * clients compare the whole error. */
     return ccm_svc_fail(out, CCM_EINVAL,
                         "Invalid phone number format. Must start with + and contain digits.");
   }
