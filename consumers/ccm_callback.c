@@ -119,8 +119,8 @@ static int apply(PGconn *db, const Callmanager__Events__V1__CallbackEvent *ev,
            "ON CONFLICT (date) DO UPDATE SET %s = calls_callmetrics.%s + 1, "
            "total_call_duration = calls_callmetrics.total_call_duration + "
            "EXCLUDED.total_call_duration, updated_at = now()) "
-           "UPDATE calls_callback SET applied_at = now(), result = 'applied:' || $3 "
-           "WHERE id = $9::bigint",
+           "UPDATE calls_callback SET applied_at = now(), result = 'applied:' || $3, "
+           "attempt = $2::int WHERE id = $9::bigint",
            t->metric, t->metric, t->metric);
   return ccm_db_exec(db, sql, 12, params, NULL);
 }
@@ -173,18 +173,18 @@ static int plan(struct ccm_consumer_ctx *ctx, const Callmanager__Events__V1__Cal
   return CCM_OK;
 }
 
-/* The transaction body. Returns CCM_OK with *release set when the slot must
- * be given back after commit. */
+/* The transaction body. Returns CCM_OK with *release set to the attempt whose
+ * slot must be given back after commit (0: none). */
 static int apply_in_tx(struct ccm_consumer_ctx *ctx,
-                       const Callmanager__Events__V1__CallbackEvent *ev, bool *release, char *err,
+                       const Callmanager__Events__V1__CallbackEvent *ev, int *release, char *err,
                        size_t errlen) {
   char id[32];
   snprintf(id, sizeof id, "%lld", (long long)ev->callback_id);
   const char *idp[] = {id};
   PGresult *res = NULL;
   int rc = ccm_db_exec(ctx->db,
-                       "SELECT applied_at IS NOT NULL FROM calls_callback WHERE id = $1 "
-                       "FOR UPDATE",
+                       "SELECT applied_at IS NOT NULL, result LIKE 'applied:%', attempt "
+                       "FROM calls_callback WHERE id = $1 FOR UPDATE",
                        1, idp, &res);
   if (rc != CCM_OK) return rc;
   if (PQntuples(res) == 0) {
@@ -193,8 +193,15 @@ static int apply_in_tx(struct ccm_consumer_ctx *ctx,
     return CCM_EINVAL;
   }
   bool already = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+  bool was_applied = strcmp(PQgetvalue(res, 0, 1), "t") == 0 && !ccm_db_is_null(res, 0, 2);
+  int applied_attempt = (int)ccm_db_get_ll(res, 0, 2);
   PQclear(res);
-  if (already) return CCM_OK; /* redelivery: applied before */
+  if (already) {
+    /* Redelivery: applied before. That attempt is over, so its slot goes
+     * back (idempotent), in case a crash came between commit and release. */
+    if (was_applied) *release = applied_attempt;
+    return CCM_OK;
+  }
 
   const char *cp[] = {ev->call_id};
   rc = ccm_db_exec(ctx->db,
@@ -231,7 +238,7 @@ static int apply_in_tx(struct ccm_consumer_ctx *ctx,
   if (rc != CCM_OK) return rc;
   rc = apply(ctx->db, ev, &call, &t);
   if (rc != CCM_OK) return rc;
-  *release = t.release_slot;
+  *release = t.release_slot ? call.attempt_count : 0;
   if (t.next_retry_at_ms != NULL) {
     ccm_log_write(CCM_LOG_CALLS, CCM_LOG_INFO, "calls.consumer",
                   "Call %s outcome %s (attempt %d): retry scheduled", ev->call_id, ev->status,
@@ -259,7 +266,7 @@ int ccm_callback_handle(struct ccm_consumer_ctx *ctx, const rd_kafka_message_t *
                 "Processing callback %s (%s, callback %lld, partition %d, offset %lld)",
                 ev->call_id, ev->status, (long long)ev->callback_id, (int)msg->partition,
                 (long long)msg->offset);
-  bool release = false;
+  int release = 0; /* the attempt whose slot goes back after commit */
   int rc = ccm_db_begin(ctx->db);
   if (rc == CCM_OK) {
     rc = apply_in_tx(ctx, ev, &release, err, errlen);
@@ -268,7 +275,7 @@ int ccm_callback_handle(struct ccm_consumer_ctx *ctx, const rd_kafka_message_t *
     else
       ccm_db_rollback(ctx->db);
   }
-  if (rc == CCM_OK && release) ccm_consumer_release_slot(ctx, ev->call_id);
+  if (rc == CCM_OK && release > 0) ccm_consumer_release_slot(ctx, ev->call_id, release);
   callmanager__events__v1__callback_event__free_unpacked(ev, NULL);
   return rc;
 }

@@ -65,10 +65,10 @@ redisContext *ccm_consumer_redis(struct ccm_consumer_ctx *ctx) {
   return ctx->redis;
 }
 
-void ccm_consumer_release_slot(struct ccm_consumer_ctx *ctx, const char *call_id) {
+void ccm_consumer_release_slot(struct ccm_consumer_ctx *ctx, const char *call_id, int attempt) {
   for (int i = 0; i < 3; i++) {
     redisContext *r = ccm_consumer_redis(ctx);
-    if (r != NULL && ccm_slots_release(r, ctx->cfg, call_id) == CCM_OK) return;
+    if (r != NULL && ccm_slots_release(r, ctx->cfg, call_id, attempt) == CCM_OK) return;
     if (ctx->redis != NULL) {
       redisFree(ctx->redis);
       ctx->redis = NULL;

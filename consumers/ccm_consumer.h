@@ -66,8 +66,9 @@ rd_kafka_t *ccm_consumer_producer_new(const struct ccm_config *cfg, char *err, s
 /* Makes sure ctx->redis is connected; returns it or NULL. */
 redisContext *ccm_consumer_redis(struct ccm_consumer_ctx *ctx);
 
-/* Releases call_id's concurrency slot, retrying briefly; a failure is logged
- * (slots are reconciled from the database when Redis returns). */
-void ccm_consumer_release_slot(struct ccm_consumer_ctx *ctx, const char *call_id);
+/* Releases the concurrency slot of that attempt of call_id, retrying
+ * briefly; a failure is logged (the scheduler gives back leaked slots, and
+ * they are reconciled from the database when Redis returns). */
+void ccm_consumer_release_slot(struct ccm_consumer_ctx *ctx, const char *call_id, int attempt);
 
 #endif

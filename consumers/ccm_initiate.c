@@ -2,6 +2,7 @@
  * PROCESSING, asks the provider to dial (same Idempotency-Key on every
  * retry or redelivery), then records the provider's id (back to INITIATED,
  * awaiting the outcome) or fails the call and releases its slot. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -15,7 +16,10 @@
 
 static const char failed_message[] = "Failed to initiate external call";
 
-enum claim { CLAIM_DIAL, CLAIM_SKIP };
+/* CLAIM_SKIP_OVER: nothing to dial and the attempt is over (the call is
+ * terminal, waiting for a retry, or at a later attempt), so its slot must not
+ * be held: a crash may have kept it. */
+enum claim { CLAIM_DIAL, CLAIM_SKIP, CLAIM_SKIP_OVER };
 
 /* Moves the call to PROCESSING for this attempt. Returns CCM_OK with *claim
  * telling whether to dial, or a database status. An event for a terminal
@@ -45,8 +49,14 @@ static int claim_attempt(struct ccm_consumer_ctx *ctx, const char *call_id, cons
     snprintf(err, errlen, "initiate event for unknown call %s", call_id);
     return CCM_EINVAL;
   }
-  *claim = ccm_db_get_ll(res, 0, 0) > 0 ? CLAIM_DIAL : CLAIM_SKIP;
-  if (*claim == CLAIM_SKIP) {
+  const char *status = PQgetvalue(res, 0, 1);
+  bool in_flight = strcmp(status, "INITIATED") == 0 || strcmp(status, "PROCESSING") == 0 ||
+                   strcmp(status, "RETRYING") == 0;
+  bool same_attempt = strcmp(PQgetvalue(res, 0, 2), attempt) == 0;
+  *claim = ccm_db_get_ll(res, 0, 0) > 0 ? CLAIM_DIAL
+           : in_flight && same_attempt  ? CLAIM_SKIP
+                                        : CLAIM_SKIP_OVER;
+  if (*claim != CLAIM_DIAL) {
     ccm_log_write(CCM_LOG_KAFKA, CCM_LOG_INFO, "kafka.initiate",
                   "Skipping initiate of %s attempt %s: call is %s at attempt %s", call_id, attempt,
                   PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
@@ -110,7 +120,9 @@ int ccm_initiate_handle(struct ccm_consumer_ctx *ctx, const rd_kafka_message_t *
   snprintf(attempt, sizeof attempt, "%d", ev->attempt);
   enum claim claim = CLAIM_SKIP;
   int rc = claim_attempt(ctx, ev->call_id, attempt, &claim, err, errlen);
-  if (rc != CCM_OK || claim == CLAIM_SKIP) {
+  if (rc == CCM_OK && claim == CLAIM_SKIP_OVER)
+    ccm_consumer_release_slot(ctx, ev->call_id, ev->attempt);
+  if (rc != CCM_OK || claim != CLAIM_DIAL) {
     callmanager__events__v1__initiate_call_event__free_unpacked(ev, NULL);
     return rc;
   }
@@ -141,7 +153,7 @@ int ccm_initiate_handle(struct ccm_consumer_ctx *ctx, const rd_kafka_message_t *
     bool changed = false;
     rc = record_failure(ctx, ev->call_id, attempt, &changed);
     if (rc == CCM_OK && changed) {
-      ccm_consumer_release_slot(ctx, ev->call_id);
+      ccm_consumer_release_slot(ctx, ev->call_id, ev->attempt);
       ccm_log_write(CCM_LOG_CALLS, CCM_LOG_INFO, "calls.consumer", "Call %s FAILED: %s",
                     ev->call_id, failed_message);
     }

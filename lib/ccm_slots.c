@@ -10,7 +10,7 @@
 
 #define KEY_MAX 512
 
-/* KEYS[1] slot set, KEYS[2] counter; ARGV[1] call id, ARGV[2] limit. */
+/* KEYS[1] slot set, KEYS[2] counter; ARGV[1] member, ARGV[2] limit. */
 static const char acquire_script[] =
     "if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then "
     "  local n = redis.call('SCARD', KEYS[1]) "
@@ -20,8 +20,11 @@ static const char acquire_script[] =
     "redis.call('SADD', KEYS[1], ARGV[1]) "
     "redis.call('SET', KEYS[2], n + 1) return n + 1";
 
+/* ARGV: the members to remove. */
 static const char release_script[] =
-    "local r = redis.call('SREM', KEYS[1], ARGV[1]) "
+    "local r = 0 "
+    "for i = 1, #ARGV, 1000 do "
+    "  r = r + redis.call('SREM', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV))) end "
     "redis.call('SET', KEYS[2], redis.call('SCARD', KEYS[1])) return r";
 
 static const char count_script[] =
@@ -66,14 +69,23 @@ static redisReply *eval(redisContext *c, const char *script, size_t nkeys, const
   return r;
 }
 
-int ccm_slots_acquire(redisContext *c, const struct ccm_config *cfg, const char *call_id, int limit,
-                      long long *count) {
-  if (cfg == NULL || call_id == NULL || count == NULL) return CCM_EINVAL;
+int ccm_slots_member(char out[CCM_SLOTS_MEMBER_MAX], const char *call_id, int attempt) {
+  if (out == NULL || call_id == NULL || attempt < 1) return CCM_EINVAL;
+  int n = snprintf(out, CCM_SLOTS_MEMBER_MAX, "%s:%d", call_id, attempt);
+  return n > 0 && n < CCM_SLOTS_MEMBER_MAX ? CCM_OK : CCM_EINVAL;
+}
+
+int ccm_slots_acquire(redisContext *c, const struct ccm_config *cfg, const char *call_id,
+                      int attempt, int limit, long long *count) {
+  char member[CCM_SLOTS_MEMBER_MAX];
+  if (cfg == NULL || count == NULL || ccm_slots_member(member, call_id, attempt) != CCM_OK) {
+    return CCM_EINVAL;
+  }
   char set_key[KEY_MAX], lim[16];
   slot_keys(cfg, set_key, sizeof set_key);
   snprintf(lim, sizeof lim, "%d", limit);
   const char *keys[] = {set_key, cfg->redis_concurrency_key};
-  const char *args[] = {call_id, lim};
+  const char *args[] = {member, lim};
   redisReply *r = eval(c, acquire_script, 2, keys, 2, args);
   if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
     if (r != NULL) freeReplyObject(r);
@@ -86,16 +98,54 @@ int ccm_slots_acquire(redisContext *c, const struct ccm_config *cfg, const char 
   return CCM_OK;
 }
 
-int ccm_slots_release(redisContext *c, const struct ccm_config *cfg, const char *call_id) {
-  if (cfg == NULL || call_id == NULL) return CCM_EINVAL;
+int ccm_slots_release(redisContext *c, const struct ccm_config *cfg, const char *call_id,
+                      int attempt) {
+  char member[CCM_SLOTS_MEMBER_MAX];
+  if (ccm_slots_member(member, call_id, attempt) != CCM_OK) return CCM_EINVAL;
+  const char *members[] = {member};
+  return ccm_slots_release_members(c, cfg, members, 1);
+}
+
+int ccm_slots_release_members(redisContext *c, const struct ccm_config *cfg,
+                              const char *const *members, size_t n) {
+  if (cfg == NULL || (n > 0 && members == NULL)) return CCM_EINVAL;
+  if (n == 0) return CCM_OK;
   char set_key[KEY_MAX];
   slot_keys(cfg, set_key, sizeof set_key);
   const char *keys[] = {set_key, cfg->redis_concurrency_key};
-  const char *args[] = {call_id};
-  redisReply *r = eval(c, release_script, 2, keys, 1, args);
+  redisReply *r = eval(c, release_script, 2, keys, n, members);
   if (r == NULL) return CCM_EUNAVAILABLE;
   freeReplyObject(r);
   return CCM_OK;
+}
+
+int ccm_slots_members(redisContext *c, const struct ccm_config *cfg, char ***members, size_t *n) {
+  if (cfg == NULL || members == NULL || n == NULL) return CCM_EINVAL;
+  *members = NULL;
+  *n = 0;
+  if (c == NULL || c->err != 0) return CCM_EUNAVAILABLE;
+  char set_key[KEY_MAX];
+  slot_keys(cfg, set_key, sizeof set_key);
+  redisReply *r = redisCommand(c, "SMEMBERS %s", set_key);
+  if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+    if (r != NULL) freeReplyObject(r);
+    return CCM_EUNAVAILABLE;
+  }
+  char **out = calloc(r->elements + 1, sizeof *out);
+  int rc = out != NULL ? CCM_OK : CCM_ENOMEM;
+  for (size_t i = 0; rc == CCM_OK && i < r->elements; i++) {
+    out[i] = strndup(r->element[i]->str, r->element[i]->len);
+    if (out[i] == NULL) rc = CCM_ENOMEM;
+  }
+  if (rc != CCM_OK) {
+    for (size_t i = 0; out != NULL && i < r->elements; i++) free(out[i]);
+    free(out);
+  } else {
+    *members = out;
+    *n = r->elements;
+  }
+  freeReplyObject(r);
+  return rc;
 }
 
 int ccm_slots_count(redisContext *c, const struct ccm_config *cfg, long long *count) {
@@ -113,13 +163,13 @@ int ccm_slots_count(redisContext *c, const struct ccm_config *cfg, long long *co
   return CCM_OK;
 }
 
-int ccm_slots_reconcile(redisContext *c, const struct ccm_config *cfg, const char *const *call_ids,
+int ccm_slots_reconcile(redisContext *c, const struct ccm_config *cfg, const char *const *members,
                         size_t n) {
-  if (cfg == NULL || (n > 0 && call_ids == NULL)) return CCM_EINVAL;
+  if (cfg == NULL || (n > 0 && members == NULL)) return CCM_EINVAL;
   char set_key[KEY_MAX];
   slot_keys(cfg, set_key, sizeof set_key);
   const char *keys[] = {set_key, cfg->redis_concurrency_key};
-  redisReply *r = eval(c, reconcile_script, 2, keys, n, call_ids);
+  redisReply *r = eval(c, reconcile_script, 2, keys, n, members);
   if (r == NULL) return CCM_EUNAVAILABLE;
   freeReplyObject(r);
   return CCM_OK;

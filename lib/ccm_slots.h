@@ -1,9 +1,11 @@
 /* Concurrency slots and duplicate-call locks in Redis (SPEC section 6).
  *
- * The slots are a set of call ids plus the counter `active_calls_count`
- * (REDIS_CONCURRENCY_KEY) that the seed README reads; one Lua script changes
- * both atomically, so acquiring never exceeds the limit, and acquire/release
- * are idempotent per call. Duplicate locks are `call_lock:<E.164>` with the
+ * The slots are a set of attempts in flight, members "<call_id>:<attempt>",
+ * plus the counter `active_calls_count` (REDIS_CONCURRENCY_KEY) that the seed
+ * README reads; one Lua script changes both atomically, so acquiring never
+ * exceeds the limit, and acquire/release are idempotent per attempt. Naming
+ * the attempt keeps a late release of attempt n from freeing the slot that
+ * attempt n+1 just took. Duplicate locks are `call_lock:<E.164>` with the
  * duplicate window as TTL. */
 #ifndef CCM_SLOTS_H
 #define CCM_SLOTS_H
@@ -13,23 +15,42 @@
 
 struct ccm_config;
 
-/* Takes a slot for call_id unless limit slots are in use. Returns CCM_OK
- * with the slot count after the acquisition in *count (a call that already
- * holds a slot keeps it), CCM_EEXHAUSTED when full, CCM_EUNAVAILABLE when
- * Redis fails. */
-int ccm_slots_acquire(redisContext *c, const struct ccm_config *cfg, const char *call_id, int limit,
-                      long long *count);
+/* The slot member of a call's current attempt, as SQL over calls_calllog. */
+#define CCM_SLOTS_MEMBER_SQL "call_id || ':' || attempt_count"
+#define CCM_SLOTS_MEMBER_MAX 160
 
-/* Gives back call_id's slot; a second release is a no-op. Returns CCM_OK or
- * CCM_EUNAVAILABLE. */
-int ccm_slots_release(redisContext *c, const struct ccm_config *cfg, const char *call_id);
+/* Writes "<call_id>:<attempt>" into out. Returns CCM_OK or CCM_EINVAL when
+ * it does not fit. */
+int ccm_slots_member(char out[CCM_SLOTS_MEMBER_MAX], const char *call_id, int attempt);
+
+/* Takes a slot for attempt `attempt` of call_id unless limit slots are in
+ * use. Returns CCM_OK with the slot count after the acquisition in *count (an
+ * attempt that already holds a slot keeps it), CCM_EEXHAUSTED when full,
+ * CCM_EUNAVAILABLE when Redis fails, CCM_EINVAL for bad arguments. */
+int ccm_slots_acquire(redisContext *c, const struct ccm_config *cfg, const char *call_id,
+                      int attempt, int limit, long long *count);
+
+/* Gives back the slot of that attempt; a second release is a no-op. Returns
+ * CCM_OK, CCM_EUNAVAILABLE or CCM_EINVAL. */
+int ccm_slots_release(redisContext *c, const struct ccm_config *cfg, const char *call_id,
+                      int attempt);
+
+/* Releases the given members (slots found leaked by a sweep). Returns CCM_OK
+ * or CCM_EUNAVAILABLE. */
+int ccm_slots_release_members(redisContext *c, const struct ccm_config *cfg,
+                              const char *const *members, size_t n);
 
 /* Reads the number of slots in use. Returns CCM_OK or CCM_EUNAVAILABLE. */
 int ccm_slots_count(redisContext *c, const struct ccm_config *cfg, long long *count);
 
-/* Replaces the slot set by exactly the given call ids (the database's calls
- * in flight). Returns CCM_OK or CCM_EUNAVAILABLE. */
-int ccm_slots_reconcile(redisContext *c, const struct ccm_config *cfg, const char *const *call_ids,
+/* Reads the members of the slot set into a new array of *n strings (the
+ * caller frees each string and the array). Returns CCM_OK, CCM_EUNAVAILABLE
+ * or CCM_ENOMEM. */
+int ccm_slots_members(redisContext *c, const struct ccm_config *cfg, char ***members, size_t *n);
+
+/* Replaces the slot set by exactly the given members (the database's calls in
+ * flight, CCM_SLOTS_MEMBER_SQL). Returns CCM_OK or CCM_EUNAVAILABLE. */
+int ccm_slots_reconcile(redisContext *c, const struct ccm_config *cfg, const char *const *members,
                         size_t n);
 
 /* Sets call_lock:<phone> = call_id with the given TTL unless it exists.

@@ -34,6 +34,10 @@
 
 static const char stale_message[] = "Stale call: no outcome received";
 
+/* A slot naming no call is an InitiateCall's only while its insert may still
+ * be running; after this long it was abandoned. */
+#define ORPHAN_SLOT_SECONDS "60"
+
 struct ccm_scheduler {
   const struct ccm_config *cfg;
   const struct ccm_rules *rules;
@@ -149,13 +153,14 @@ static redisContext *redis_ready(struct ccm_scheduler *s, char *err, size_t errl
 /* Gives back the slots of the given calls after their transition committed
  * (or after a claim that did not commit). A Redis failure is left to the
  * reconciliation. */
-static void release_slots(struct ccm_scheduler *s, const char *const *call_ids, size_t n) {
+static void release_slots(struct ccm_scheduler *s, const char *const *call_ids, const int *attempts,
+                          size_t n) {
   for (size_t i = 0; i < n; i++) {
     if (s->redis == NULL) {
       ccm_warn(LOGGER, "%zu slot(s) not released (Redis down): reconciled when it is back", n - i);
       return;
     }
-    if (ccm_slots_release(s->redis, s->cfg, call_ids[i]) != CCM_OK) redis_broken(s);
+    if (ccm_slots_release(s->redis, s->cfg, call_ids[i], attempts[i]) != CCM_OK) redis_broken(s);
   }
 }
 
@@ -166,7 +171,8 @@ static void release_slots(struct ccm_scheduler *s, const char *const *call_ids, 
 static int reconcile(struct ccm_scheduler *s, int *n) {
   PGresult *res = NULL;
   int rc = ccm_db_exec(s->db,
-                       "SELECT call_id FROM calls_calllog "
+                       "SELECT " CCM_SLOTS_MEMBER_SQL
+                       " FROM calls_calllog "
                        "WHERE status IN ('INITIATED', 'PROCESSING', 'RETRYING')",
                        0, NULL, &res);
   if (rc != CCM_OK) return rc;
@@ -221,16 +227,19 @@ static int sweep_batch(struct ccm_scheduler *s, int *n) {
   if (rc != CCM_OK) return rc;
   int rows = PQntuples(res);
   const char **ids = calloc((size_t)rows + 1, sizeof *ids);
+  int *attempts = calloc((size_t)rows + 1, sizeof *attempts);
   for (int i = 0; i < rows; i++) {
     ccm_log_write(CCM_LOG_CALLS, CCM_LOG_INFO, CALLS_LOGGER, "Call %s FAILED (attempt %lld): %s",
                   PQgetvalue(res, i, 0), ccm_db_get_ll(res, i, 1), stale_message);
     if (ids != NULL) ids[i] = PQgetvalue(res, i, 0);
+    if (attempts != NULL) attempts[i] = (int)ccm_db_get_ll(res, i, 1);
   }
-  if (ids != NULL) {
-    release_slots(s, ids, (size_t)rows);
+  if (ids != NULL && attempts != NULL) {
+    release_slots(s, ids, attempts, (size_t)rows);
   } else if (rows > 0) {
     s->redis_lost = true; /* out of memory: let the reconciliation fix the slots */
   }
+  free(attempts);
   free(ids);
   PQclear(res);
   *n = rows;
@@ -357,7 +366,8 @@ static size_t take_slots(struct ccm_scheduler *s, const struct due_call *calls, 
   size_t got = 0;
   for (; got < n; got++) {
     long long count = 0;
-    int rc = ccm_slots_acquire(s->redis, s->cfg, calls[got].call_id, limit, &count);
+    int rc =
+        ccm_slots_acquire(s->redis, s->cfg, calls[got].call_id, calls[got].attempt, limit, &count);
     if (rc == CCM_EEXHAUSTED) {
       br->at_capacity = true;
       break;
@@ -397,7 +407,8 @@ static int claim_batch(struct ccm_scheduler *s, int want, int limit, struct batc
   br->rows = PQntuples(res);
   struct due_call *calls = calloc((size_t)br->rows + 1, sizeof *calls);
   const char **ids = calloc((size_t)br->rows + 1, sizeof *ids);
-  if (calls == NULL || ids == NULL) rc = CCM_ENOMEM;
+  int *attempts = calloc((size_t)br->rows + 1, sizeof *attempts);
+  if (calls == NULL || ids == NULL || attempts == NULL) rc = CCM_ENOMEM;
   for (int i = 0; rc == CCM_OK && i < br->rows; i++) {
     calls[i] = (struct due_call){.call_id = PQgetvalue(res, i, 0),
                                  .campaign_id = ccm_db_get_ll(res, i, 1),
@@ -405,6 +416,7 @@ static int claim_batch(struct ccm_scheduler *s, int want, int limit, struct batc
                                  .phone_number = PQgetvalue(res, i, 3),
                                  .attempt = (int)ccm_db_get_ll(res, i, 4) + 1};
     ids[i] = calls[i].call_id;
+    attempts[i] = calls[i].attempt;
   }
   size_t got = rc == CCM_OK ? take_slots(s, calls, (size_t)br->rows, limit, br) : 0;
   if (got > 0) rc = write_claims(s, calls, got, br->peak);
@@ -414,7 +426,7 @@ static int claim_batch(struct ccm_scheduler *s, int want, int limit, struct batc
     ccm_db_rollback(s->db); /* nothing to write: just unlock the rows */
   }
   if (rc != CCM_OK) {
-    release_slots(s, ids, got);
+    release_slots(s, ids, attempts, got);
     got = 0;
   }
   br->claimed = (int)got;
@@ -423,6 +435,7 @@ static int claim_batch(struct ccm_scheduler *s, int want, int limit, struct batc
                   calls[i].call_id, calls[i].attempt);
   }
   free(ids);
+  free(attempts);
   free(calls);
   PQclear(res);
   return rc;
@@ -450,6 +463,81 @@ static int claim_due(struct ccm_scheduler *s, const struct ccm_scheduler_limits 
     if (br.rows < want) return CCM_OK; /* nothing more is due (or free to lock) */
   }
   return CCM_OK;
+}
+
+/* --------------------------------------------------------- leaked slots --- */
+
+/* Finds slot members whose attempt is over (the call is no longer in flight
+ * at that attempt) or that name no call and are older than a minute (an
+ * InitiateCall that died before its insert). Such slots stay held when a
+ * process dies between a transition's commit and its slot release. Rows a
+ * claim is changing right now are locked and skipped. Runs inside the
+ * caller's transaction; returns CCM_OK with the result rows in *res. */
+static int find_leaked_slots(struct ccm_scheduler *s, char **members, size_t n, PGresult **res) {
+  struct ccm_buf arr;
+  ccm_buf_init(&arr, n * (CCM_SLOTS_MEMBER_MAX + 4) + 8);
+  int rc = ccm_buf_append_str(&arr, "{");
+  for (size_t i = 0; rc == CCM_OK && i < n; i++) rc = array_add(&arr, members[i]);
+  if (rc == CCM_OK) rc = ccm_buf_append_str(&arr, "}");
+  const char *params[] = {arr.data};
+  if (rc == CCM_OK) {
+    rc = ccm_db_exec(
+        s->db,
+        "WITH m AS (SELECT member, substring(member FROM '^(.*):[0-9]+$') AS call_id, "
+        "substring(member FROM ':([0-9]+)$')::int AS attempt FROM unnest($1::text[]) AS member "
+        "WHERE member ~ ':[0-9]{1,9}$'), "
+        "l AS (SELECT c.call_id, c.status, c.attempt_count FROM calls_calllog c "
+        "WHERE c.call_id IN (SELECT call_id FROM m) FOR UPDATE SKIP LOCKED) "
+        "SELECT m.member FROM m LEFT JOIN l ON l.call_id = m.call_id WHERE "
+        "(l.call_id IS NOT NULL AND NOT (l.status IN ('INITIATED', 'PROCESSING', 'RETRYING') "
+        "AND l.attempt_count = m.attempt)) OR (l.call_id IS NULL AND "
+        "NOT EXISTS (SELECT 1 FROM calls_calllog c WHERE c.call_id = m.call_id) AND "
+        "split_part(m.call_id, '_', 4) ~ '^[0-9]{14}$' AND "
+        "to_timestamp(split_part(m.call_id, '_', 4), 'YYYYMMDDHH24MISS') < "
+        "now() - interval '" ORPHAN_SLOT_SECONDS " seconds')",
+        1, params, res);
+  }
+  ccm_buf_free(&arr);
+  return rc;
+}
+
+/* Gives back leaked slots (see find_leaked_slots). Returns CCM_OK with the
+ * number released in *n, or a database / Redis status. */
+static int sweep_leaked_slots(struct ccm_scheduler *s, int *n) {
+  *n = 0;
+  char **members = NULL;
+  size_t count = 0;
+  int rc = ccm_slots_members(s->redis, s->cfg, &members, &count);
+  if (rc != CCM_OK) {
+    redis_broken(s);
+    return rc;
+  }
+  PGresult *res = NULL;
+  if (count > 0) rc = ccm_db_begin(s->db);
+  if (count > 0 && rc == CCM_OK) rc = find_leaked_slots(s, members, count, &res);
+  int leaked = res != NULL ? PQntuples(res) : 0;
+  const char **gone = leaked > 0 ? calloc((size_t)leaked, sizeof *gone) : NULL;
+  for (int i = 0; gone != NULL && i < leaked; i++) gone[i] = PQgetvalue(res, i, 0);
+  /* Released while the rows are still locked, so no claim runs in between. */
+  if (gone != NULL && ccm_slots_release_members(s->redis, s->cfg, gone, (size_t)leaked) != CCM_OK) {
+    redis_broken(s);
+    rc = CCM_EUNAVAILABLE;
+  }
+  for (int i = 0; gone != NULL && rc == CCM_OK && i < leaked; i++) {
+    ccm_warn(LOGGER, "Released leaked concurrency slot %s", gone[i]);
+  }
+  if (rc == CCM_OK && gone != NULL) *n = leaked;
+  free(gone);
+  PQclear(res);
+  if (count > 0) {
+    if (rc == CCM_OK)
+      rc = ccm_db_commit(s->db);
+    else
+      ccm_db_rollback(s->db);
+  }
+  for (size_t i = 0; i < count; i++) free(members[i]);
+  free(members);
+  return rc;
 }
 
 /* ----------------------------------------------------------------- pass --- */
@@ -482,6 +570,11 @@ static int run_pass(struct ccm_scheduler *s, struct ccm_scheduler_report *rep, c
     return rc;
   }
   if (status != CCM_OK) return status; /* no slots: no claims */
+  rc = sweep_leaked_slots(s, &rep->leaked_slots);
+  if (rc != CCM_OK) {
+    snprintf(err, errlen, "leaked-slot sweep failed (%s)", ccm_error_name(rc));
+    return rc;
+  }
   struct ccm_scheduler_limits lim;
   ccm_scheduler_limits(s->cfg, s->rules, &lim);
   rc = claim_due(s, &lim, rep);

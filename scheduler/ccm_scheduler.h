@@ -20,6 +20,7 @@ struct ccm_scheduler;
 struct ccm_scheduler_report {
   int claimed;      /* retries claimed (calls moved to RETRYING) */
   int stale;        /* stale calls failed */
+  int leaked_slots; /* slots given back whose attempt was over */
   bool reconciled;  /* the slot set was rebuilt from the database */
   int reconciled_n; /* calls in flight put into the slot set */
   bool at_capacity; /* claiming stopped because every slot was taken */

@@ -12,7 +12,7 @@ PACKAGES=(
   protobuf-c-compiler libprotobuf-c-dev protobuf-compiler libgrpc-dev grpc-proto
   libpq-dev libhiredis-dev librdkafka-dev libyaml-dev libmicrohttpd-dev
   libjansson-dev libcurl4-openssl-dev libcmocka-dev libicu-dev libssl-dev
-  clang-format
+  clang-format clang libclang-rt-14-dev
   redis-server redis-tools kcat
   python3-grpcio python3-grpc-tools python3-protobuf
   postgresql-15 postgresql-client-15

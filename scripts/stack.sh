@@ -3,6 +3,7 @@
 # development and tests (SPEC §12).
 #
 #   scripts/stack.sh start        start what is not running (reuse what is)
+#   scripts/stack.sh start NAME.. only these servers: postgres, redis, kafka
 #   scripts/stack.sh stop         stop the servers that `start` started
 #   scripts/stack.sh stop --all   stop every private server of the state dir
 #   scripts/stack.sh status       one line per server (exit 1 if any is down)
@@ -836,11 +837,16 @@ run_parallel() {
 }
 
 cmd_start() {
+  local -a names=("$@") name
+  if ((${#names[@]} == 0)); then names=("${SERVERS[@]}"); fi
+  for name in "${names[@]}"; do
+    [[ " ${SERVERS[*]} " == *" $name "* ]] || die "usage: $0 start [postgres|redis|kafka]..."
+  done
   lock_state_dir
   local t0=$SECONDS
   log "start: state dir $VAR"
   rm -f "$VAR/.failed.$$"
-  if ! run_parallel start "${SERVERS[@]}"; then
+  if ! run_parallel start "${names[@]}"; then
     local failed
     failed=$(tr '\n' ' ' <"$VAR/.failed.$$")
     rm -f "$VAR/.failed.$$"

@@ -44,7 +44,8 @@ psql_admin() {
 fresh_database() {
   psql_admin -c "DROP DATABASE IF EXISTS $DB_NAME WITH (FORCE)" \
     -c "CREATE DATABASE $DB_NAME OWNER $DB_USER" >/dev/null
-  redis-cli -p 56379 flushall >/dev/null
+  local redis_port=${REDIS_URL##*:}
+  redis-cli -p "${redis_port%%/*}" flushall >/dev/null
 }
 
 run_suite() {
@@ -75,6 +76,10 @@ mkdir -p "$LOG_DIR"
 for b in "${BUILDS[@]}"; do
   run_suite "$b"
 done
+
+# Hostile input: every libFuzzer target over its committed corpus (crash
+# inputs included), then a bounded time of fresh inputs each.
+record "fuzz (libFuzzer, ${CCM_FUZZ_SECONDS:-20} s per target)" scripts/fuzz.sh "${CCM_FUZZ_SECONDS:-20}"
 
 say "--------------------------------------------------------------"
 for f in "${failures[@]}"; do say "failed: $f"; done

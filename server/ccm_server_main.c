@@ -114,7 +114,7 @@ static void reconcile_slots(struct monitor *m) {
   if (m->db == NULL || m->redis == NULL) return;
   PGresult *res = NULL;
   if (ccm_db_exec(m->db,
-                  "SELECT call_id FROM calls_calllog "
+                  "SELECT " CCM_SLOTS_MEMBER_SQL " FROM calls_calllog "
                   "WHERE status IN ('INITIATED', 'PROCESSING', 'RETRYING')",
                   0, NULL, &res) != CCM_OK) {
     return;

@@ -100,7 +100,8 @@ void ccm_svc_process_callback(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *m
   if (!ccm_svc_authorize(ctx, out)) return;
   if (!signature_valid(ctx, req)) {
     ccm_warn("ccm.server", "callback for %.128s refused: invalid signature", req->call_id);
-    return ccm_svc_fail(out, CCM_EUNAUTH, "Invalid callback signature.");
+    ccm_svc_fail(out, CCM_EUNAUTH, "Invalid callback signature.");
+    return;
   }
   if (!validate(req, out)) return;
   const char *timestamp = NULL;
@@ -109,7 +110,10 @@ void ccm_svc_process_callback(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *m
     timestamp = req->timestamp; /* kept as sent; parsed when parsable */
   }
   PGconn *db = ccm_svc_db(ctx);
-  if (db == NULL) return ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+  if (db == NULL) {
+    ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+    return;
+  }
 
   /* One round trip: the call exists, a callback id, the recording instant. */
   const char *lookup_params[] = {req->call_id};
@@ -119,10 +123,14 @@ void ccm_svc_process_callback(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *m
                        "(extract(epoch FROM clock_timestamp()) * 1000)::bigint "
                        "FROM calls_calllog WHERE call_id = $1",
                        1, lookup_params, &res);
-  if (rc != CCM_OK) return ccm_svc_db_fail(out, rc);
+  if (rc != CCM_OK) {
+    ccm_svc_db_fail(out, rc);
+    return;
+  }
   if (PQntuples(res) == 0) {
     PQclear(res);
-    return ccm_svc_fail(out, CCM_ENOTFOUND, "Call not found.");
+    ccm_svc_fail(out, CCM_ENOTFOUND, "Call not found.");
+    return;
   }
   long long callback_id = ccm_db_get_ll(res, 0, 0);
   long long received_ms = ccm_db_get_ll(res, 0, 1);
@@ -140,7 +148,10 @@ void ccm_svc_process_callback(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *m
   ev.received_at_ms = received_ms;
   size_t len = callmanager__events__v1__callback_event__get_packed_size(&ev);
   unsigned char *bytes = ccm_arena_alloc(ctx->arena, len + 1);
-  if (bytes == NULL) return ccm_svc_fail(out, CCM_ENOMEM, NULL);
+  if (bytes == NULL) {
+    ccm_svc_fail(out, CCM_ENOMEM, NULL);
+    return;
+  }
   callmanager__events__v1__callback_event__pack(&ev, bytes);
 
   char id[32], duration[32], received[32];
@@ -156,7 +167,10 @@ void ccm_svc_process_callback(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *m
                           received,
                           app->cfg.topic_callback,
                           ccm_db_bytea_hex(ctx->arena, bytes, len)};
-  if (params[8] == NULL) return ccm_svc_fail(out, CCM_ENOMEM, NULL);
+  if (params[8] == NULL) {
+    ccm_svc_fail(out, CCM_ENOMEM, NULL);
+    return;
+  }
   rc = ccm_db_exec(db,
                    "WITH cb AS (INSERT INTO calls_callback (id, call_id, status, call_duration, "
                    "external_call_id, provider_timestamp, outcome_at, received_at) VALUES "
@@ -165,13 +179,19 @@ void ccm_svc_process_callback(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *m
                    "INSERT INTO calls_outbox (topic, message_key, payload) "
                    "SELECT $8, call_id, $9 FROM cb",
                    9, params, NULL);
-  if (rc != CCM_OK) return ccm_svc_db_fail(out, rc);
+  if (rc != CCM_OK) {
+    ccm_svc_db_fail(out, rc);
+    return;
+  }
   ccm_log_write(CCM_LOG_CALLS, CCM_LOG_INFO, "calls.api",
                 "Callback recorded for call %s: status=%s callback_id=%lld", req->call_id, status,
                 callback_id);
 
   Callmanager__V1__ProcessCallbackResponse *resp = ccm_arena_alloc(ctx->arena, sizeof *resp);
-  if (resp == NULL) return ccm_svc_fail(out, CCM_ENOMEM, NULL);
+  if (resp == NULL) {
+    ccm_svc_fail(out, CCM_ENOMEM, NULL);
+    return;
+  }
   callmanager__v1__process_callback_response__init(resp);
   resp->success = true;
   resp->call_id = req->call_id;

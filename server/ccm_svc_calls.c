@@ -282,7 +282,7 @@ static Callmanager__V1__InitiateCallResponse *initiate(struct ccm_rpc_ctx *ctx, 
     return NULL;
   }
   long long slot_count = 0;
-  rc = ccm_slots_acquire(redis, &app->cfg, call_id, app->max_concurrent_calls, &slot_count);
+  rc = ccm_slots_acquire(redis, &app->cfg, call_id, 1, app->max_concurrent_calls, &slot_count);
   if (rc != CCM_OK) {
     ccm_slots_unlock_phone(redis, &app->cfg, e164, call_id);
     if (rc == CCM_EEXHAUSTED) {
@@ -300,7 +300,7 @@ static Callmanager__V1__InitiateCallResponse *initiate(struct ccm_rpc_ctx *ctx, 
                    &created_at);
   if (rc != CCM_OK) {
     /* Nothing was written: give back what this request took. */
-    ccm_slots_release(redis, &app->cfg, call_id);
+    ccm_slots_release(redis, &app->cfg, call_id, 1);
     ccm_slots_unlock_phone(redis, &app->cfg, e164, call_id);
     if (rc == CCM_ECONFLICT)
       fail_duplicate(out, 0); /* the partial unique index said no */
@@ -335,23 +335,29 @@ void ccm_svc_initiate_call(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *msg,
   if (!ccm_svc_authorize(ctx, out)) return;
   if (req->phone_number[0] == '\0' || req->campaign_id <= 0) {
     out->field = req->phone_number[0] == '\0' ? "phone_number" : "campaign_id";
-    return ccm_svc_fail(out, CCM_EINVAL, "phone_number and campaign_id are required");
+    ccm_svc_fail(out, CCM_EINVAL, "phone_number and campaign_id are required");
+    return;
   }
   char e164[CCM_PHONE_BUF];
   if (ccm_phone_normalize(req->phone_number, strlen(req->phone_number), e164) != CCM_OK) {
     /* No details.field here: the original answered `"details": {}` and its
      * clients compare the whole error. */
-    return ccm_svc_fail(out, CCM_EINVAL,
-                        "Invalid phone number format. Must start with + and contain digits.");
+    ccm_svc_fail(out, CCM_EINVAL,
+                 "Invalid phone number format. Must start with + and contain digits.");
+    return;
   }
   const char *key = ctx->idempotency_key;
   if (key != NULL && (key[0] == '\0' || strlen(key) > IDEMPOTENCY_KEY_MAX ||
                       !ccm_svc_text_ok(key, IDEMPOTENCY_KEY_MAX))) {
     out->field = "Idempotency-Key";
-    return ccm_svc_fail(out, CCM_EINVAL, "Idempotency-Key must be 1 to 255 characters.");
+    ccm_svc_fail(out, CCM_EINVAL, "Idempotency-Key must be 1 to 255 characters.");
+    return;
   }
   PGconn *db = ccm_svc_db(ctx);
-  if (db == NULL) return ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+  if (db == NULL) {
+    ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+    return;
+  }
   if (key != NULL) {
     char hash[65];
     request_hash(e164, (long long)req->campaign_id, hash);
@@ -450,32 +456,49 @@ void ccm_svc_get_call(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *msg,
   if (!ccm_svc_authorize(ctx, out)) return;
   if (req->call_id[0] == '\0' || strlen(req->call_id) > CALL_ID_MAX ||
       !ccm_svc_text_ok(req->call_id, CALL_ID_MAX)) {
-    return ccm_svc_fail(out, CCM_ENOTFOUND, "Call not found.");
+    ccm_svc_fail(out, CCM_ENOTFOUND, "Call not found.");
+    return;
   }
   PGconn *db = ccm_svc_db(ctx);
-  if (db == NULL) return ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+  if (db == NULL) {
+    ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+    return;
+  }
   const char *params[] = {req->call_id};
   PGresult *res = NULL;
   int rc = ccm_db_exec(db, "SELECT " CALL_COLUMNS " FROM calls_calllog WHERE call_id = $1", 1,
                        params, &res);
-  if (rc != CCM_OK) return ccm_svc_db_fail(out, rc);
+  if (rc != CCM_OK) {
+    ccm_svc_db_fail(out, rc);
+    return;
+  }
   if (PQntuples(res) == 0) {
     PQclear(res);
-    return ccm_svc_fail(out, CCM_ENOTFOUND, "Call not found.");
+    ccm_svc_fail(out, CCM_ENOTFOUND, "Call not found.");
+    return;
   }
   Callmanager__V1__Call *call = call_from_row(ctx->arena, res);
   PQclear(res);
-  if (call == NULL) return ccm_svc_fail(out, CCM_ENOMEM, NULL);
+  if (call == NULL) {
+    ccm_svc_fail(out, CCM_ENOMEM, NULL);
+    return;
+  }
   rc = ccm_db_exec(db,
                    "SELECT attempt, status, external_call_id, " CCM_SQL_ISO("dispatched_at") ", "
                    CCM_SQL_ISO("outcome_at") ", call_duration FROM calls_callattempt "
                    "WHERE call_id = $1 ORDER BY attempt",
                    1, params, &res);
-  if (rc != CCM_OK) return ccm_svc_db_fail(out, rc);
+  if (rc != CCM_OK) {
+    ccm_svc_db_fail(out, rc);
+    return;
+  }
   bool ok = add_attempts(ctx->arena, call, res);
   PQclear(res);
   Callmanager__V1__GetCallResponse *resp = ccm_arena_alloc(ctx->arena, sizeof *resp);
-  if (!ok || resp == NULL) return ccm_svc_fail(out, CCM_ENOMEM, NULL);
+  if (!ok || resp == NULL) {
+    ccm_svc_fail(out, CCM_ENOMEM, NULL);
+    return;
+  }
   callmanager__v1__get_call_response__init(resp);
   resp->call = call;
   out->status = CCM_OK;

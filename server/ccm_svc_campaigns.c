@@ -60,41 +60,55 @@ void ccm_svc_create_campaign(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *ms
   const Callmanager__V1__CreateCampaignRequest *req = (const void *)msg;
   if (!ccm_svc_authorize(ctx, out)) return;
   char *name = trimmed(ctx->arena, req->name);
-  if (name == NULL) return ccm_svc_fail(out, CCM_ENOMEM, NULL);
+  if (name == NULL) {
+    ccm_svc_fail(out, CCM_ENOMEM, NULL);
+    return;
+  }
   if (name[0] == '\0') {
     out->field = "name";
-    return ccm_svc_fail(out, CCM_EINVAL, "name is required.");
+    ccm_svc_fail(out, CCM_EINVAL, "name is required.");
+    return;
   }
   if (!ccm_svc_text_ok(name, NAME_MAX_CHARS)) {
     out->field = "name";
-    return ccm_svc_fail(out, CCM_EINVAL, "name must be 1 to 200 characters of valid UTF-8.");
+    ccm_svc_fail(out, CCM_EINVAL, "name must be 1 to 200 characters of valid UTF-8.");
+    return;
   }
   const char *description = NULL;
   if (req->_description_case != 0) {
     description = req->description;
     if (!ccm_svc_text_ok(description, DESCRIPTION_MAX_CHARS)) {
       out->field = "description";
-      return ccm_svc_fail(out, CCM_EINVAL,
-                          "description must be at most 2000 characters of valid UTF-8.");
+      ccm_svc_fail(out, CCM_EINVAL, "description must be at most 2000 characters of valid UTF-8.");
+      return;
     }
   }
   bool active = req->_is_active_case != 0 ? req->is_active : true;
   PGconn *db = ccm_svc_db(ctx);
-  if (db == NULL) return ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+  if (db == NULL) {
+    ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+    return;
+  }
   const char *params[] = {name, description, active ? "true" : "false"};
   PGresult *res = NULL;
   int rc = ccm_db_exec(db,
                        "WITH c AS (INSERT INTO calls_campaign (name, description, is_active) "
                        "VALUES ($1, $2, $3) RETURNING *) SELECT " CAMPAIGN_COLUMNS " FROM c",
                        3, params, &res);
-  if (rc != CCM_OK) return ccm_svc_db_fail(out, rc);
+  if (rc != CCM_OK) {
+    ccm_svc_db_fail(out, rc);
+    return;
+  }
   Callmanager__V1__CreateCampaignResponse *resp = ccm_arena_alloc(ctx->arena, sizeof *resp);
   if (resp != NULL) {
     callmanager__v1__create_campaign_response__init(resp);
     resp->campaign = campaign_from_row(ctx->arena, res, 0);
   }
   PQclear(res);
-  if (resp == NULL || resp->campaign == NULL) return ccm_svc_fail(out, CCM_ENOMEM, NULL);
+  if (resp == NULL || resp->campaign == NULL) {
+    ccm_svc_fail(out, CCM_ENOMEM, NULL);
+    return;
+  }
   ccm_info("calls.campaigns", "Campaign %lld created", (long long)resp->campaign->id);
   out->status = CCM_OK;
   out->response = &resp->base;
@@ -106,25 +120,33 @@ void ccm_svc_list_campaigns(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *msg
   if (!ccm_svc_authorize(ctx, out)) return;
   if (req->_limit_case != 0 && req->limit < 0) {
     out->field = "limit";
-    return ccm_svc_fail(out, CCM_EINVAL, "limit must be a non-negative integer.");
+    ccm_svc_fail(out, CCM_EINVAL, "limit must be a non-negative integer.");
+    return;
   }
   if (req->offset < 0) {
     out->field = "offset";
-    return ccm_svc_fail(out, CCM_EINVAL, "offset must be a non-negative integer.");
+    ccm_svc_fail(out, CCM_EINVAL, "offset must be a non-negative integer.");
+    return;
   }
   char limit[32], offset[32];
   snprintf(offset, sizeof offset, "%lld", (long long)req->offset);
   snprintf(limit, sizeof limit, "%lld", (long long)req->limit);
   const char *params[] = {req->_limit_case != 0 ? limit : NULL, offset};
   PGconn *db = ccm_svc_db(ctx);
-  if (db == NULL) return ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+  if (db == NULL) {
+    ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+    return;
+  }
   PGresult *res = NULL;
   int rc = ccm_db_exec(db,
                        "SELECT " CAMPAIGN_COLUMNS
                        " FROM calls_campaign c WHERE c.is_active ORDER BY c.id "
                        "LIMIT $1::bigint OFFSET $2::bigint",
                        2, params, &res);
-  if (rc != CCM_OK) return ccm_svc_db_fail(out, rc);
+  if (rc != CCM_OK) {
+    ccm_svc_db_fail(out, rc);
+    return;
+  }
   Callmanager__V1__ListCampaignsResponse *resp = ccm_arena_alloc(ctx->arena, sizeof *resp);
   int n = PQntuples(res);
   bool ok = resp != NULL;
@@ -139,7 +161,10 @@ void ccm_svc_list_campaigns(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *msg
     resp->n_campaigns = (size_t)i + 1;
   }
   PQclear(res);
-  if (!ok) return ccm_svc_fail(out, CCM_ENOMEM, NULL);
+  if (!ok) {
+    ccm_svc_fail(out, CCM_ENOMEM, NULL);
+    return;
+  }
   out->status = CCM_OK;
   out->response = &resp->base;
 }
@@ -169,15 +194,30 @@ void ccm_svc_get_campaign(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *msg,
                           struct ccm_rpc_result *out) {
   const Callmanager__V1__GetCampaignRequest *req = (const void *)msg;
   if (!ccm_svc_authorize(ctx, out)) return;
-  if (req->id <= 0) return ccm_svc_fail(out, CCM_ENOTFOUND, campaign_not_found);
+  if (req->id <= 0) {
+    ccm_svc_fail(out, CCM_ENOTFOUND, campaign_not_found);
+    return;
+  }
   PGconn *db = ccm_svc_db(ctx);
-  if (db == NULL) return ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+  if (db == NULL) {
+    ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+    return;
+  }
   Callmanager__V1__Campaign *campaign = NULL;
   int rc = load_campaign(ctx, db, req->id, &campaign);
-  if (rc == CCM_ENOTFOUND) return ccm_svc_fail(out, CCM_ENOTFOUND, campaign_not_found);
-  if (rc != CCM_OK) return ccm_svc_db_fail(out, rc);
+  if (rc == CCM_ENOTFOUND) {
+    ccm_svc_fail(out, CCM_ENOTFOUND, campaign_not_found);
+    return;
+  }
+  if (rc != CCM_OK) {
+    ccm_svc_db_fail(out, rc);
+    return;
+  }
   Callmanager__V1__GetCampaignResponse *resp = ccm_arena_alloc(ctx->arena, sizeof *resp);
-  if (resp == NULL) return ccm_svc_fail(out, CCM_ENOMEM, NULL);
+  if (resp == NULL) {
+    ccm_svc_fail(out, CCM_ENOMEM, NULL);
+    return;
+  }
   callmanager__v1__get_campaign_response__init(resp);
   resp->campaign = campaign;
   out->status = CCM_OK;
@@ -204,18 +244,29 @@ void ccm_svc_add_phone_numbers(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *
   if (!ccm_svc_authorize(ctx, out)) return;
   if (req->campaign_id <= 0) {
     out->field = "campaign_id";
-    return ccm_svc_fail(out, CCM_EINVAL, "campaign_id and phone_numbers are required");
+    ccm_svc_fail(out, CCM_EINVAL, "campaign_id and phone_numbers are required");
+    return;
   }
   if (req->n_phone_numbers < 1 || req->n_phone_numbers > PHONE_BATCH_MAX) {
     out->field = "phone_numbers";
-    return ccm_svc_fail(out, CCM_EINVAL, "phone_numbers must contain 1 to 10000 entries");
+    ccm_svc_fail(out, CCM_EINVAL, "phone_numbers must contain 1 to 10000 entries");
+    return;
   }
   PGconn *db = ccm_svc_db(ctx);
-  if (db == NULL) return ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+  if (db == NULL) {
+    ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+    return;
+  }
   Callmanager__V1__Campaign *campaign = NULL;
   int rc = load_campaign(ctx, db, req->campaign_id, &campaign);
-  if (rc == CCM_ENOTFOUND) return ccm_svc_fail(out, CCM_ENOTFOUND, campaign_not_found);
-  if (rc != CCM_OK) return ccm_svc_db_fail(out, rc);
+  if (rc == CCM_ENOTFOUND) {
+    ccm_svc_fail(out, CCM_ENOTFOUND, campaign_not_found);
+    return;
+  }
+  if (rc != CCM_OK) {
+    ccm_svc_db_fail(out, rc);
+    return;
+  }
 
   Callmanager__V1__AddPhoneNumbersResponse *resp = ccm_arena_alloc(ctx->arena, sizeof *resp);
   size_t n = req->n_phone_numbers;
@@ -223,7 +274,8 @@ void ccm_svc_add_phone_numbers(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *
   char **errors = ccm_arena_calloc(ctx->arena, n, sizeof *errors);
   char **unique = ccm_arena_calloc(ctx->arena, n, sizeof *unique);
   if (resp == NULL || normalised == NULL || errors == NULL || unique == NULL) {
-    return ccm_svc_fail(out, CCM_ENOMEM, NULL);
+    ccm_svc_fail(out, CCM_ENOMEM, NULL);
+    return;
   }
   callmanager__v1__add_phone_numbers_response__init(resp);
   resp->errors = errors;
@@ -236,7 +288,10 @@ void ccm_svc_add_phone_numbers(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *
       continue;
     }
     normalised[valid] = ccm_arena_strdup(ctx->arena, e164);
-    if (normalised[valid] == NULL) return ccm_svc_fail(out, CCM_ENOMEM, NULL);
+    if (normalised[valid] == NULL) {
+      ccm_svc_fail(out, CCM_ENOMEM, NULL);
+      return;
+    }
     valid++;
   }
   /* Repeats inside the request are duplicates too; keep first occurrences. */
@@ -250,7 +305,10 @@ void ccm_svc_add_phone_numbers(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *
   resp->success = true;
   resp->campaign_id = req->campaign_id;
   resp->phone_numbers = ccm_arena_calloc(ctx->arena, distinct + 1, sizeof *resp->phone_numbers);
-  if (resp->phone_numbers == NULL) return ccm_svc_fail(out, CCM_ENOMEM, NULL);
+  if (resp->phone_numbers == NULL) {
+    ccm_svc_fail(out, CCM_ENOMEM, NULL);
+    return;
+  }
   if (distinct > 0) {
     /* One round trip: the numbers travel as one array parameter. */
     struct ccm_buf array;
@@ -272,7 +330,10 @@ void ccm_svc_add_phone_numbers(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *
                        2, params, &res);
     }
     ccm_buf_free(&array);
-    if (rc != CCM_OK) return ccm_svc_db_fail(out, rc);
+    if (rc != CCM_OK) {
+      ccm_svc_db_fail(out, rc);
+      return;
+    }
     int inserted = PQntuples(res);
     char **added = ccm_arena_calloc(ctx->arena, (size_t)inserted + 1, sizeof *added);
     bool *reported = ccm_arena_calloc(ctx->arena, (size_t)inserted + 1, sizeof *reported);
@@ -286,7 +347,10 @@ void ccm_svc_add_phone_numbers(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *
       resp->phone_numbers[resp->n_phone_numbers++] = normalised[i];
     }
     PQclear(res);
-    if (added == NULL || reported == NULL) return ccm_svc_fail(out, CCM_ENOMEM, NULL);
+    if (added == NULL || reported == NULL) {
+      ccm_svc_fail(out, CCM_ENOMEM, NULL);
+      return;
+    }
   }
   resp->added_count = (int64_t)resp->n_phone_numbers;
   resp->duplicate_count = (int64_t)(valid - resp->n_phone_numbers);

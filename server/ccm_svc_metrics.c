@@ -46,11 +46,17 @@ void ccm_svc_get_metrics(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *msg,
   struct ccm_app *app = ctx->app;
   if (!ccm_svc_authorize(ctx, out)) return;
   PGconn *db = ccm_svc_db(ctx);
-  if (db == NULL) return ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+  if (db == NULL) {
+    ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+    return;
+  }
   PGresult *res = NULL;
   int rc = ccm_db_exec_simple(db, "SELECT 1");
   if (rc == CCM_OK) rc = ccm_db_exec(db, metrics_sql, 0, NULL, &res);
-  if (rc != CCM_OK) return ccm_svc_db_fail(out, rc);
+  if (rc != CCM_OK) {
+    ccm_svc_db_fail(out, rc);
+    return;
+  }
 
   Callmanager__V1__GetMetricsResponse *resp = ccm_arena_alloc(ctx->arena, sizeof *resp);
   Callmanager__V1__Dependencies *deps = ccm_arena_alloc(ctx->arena, sizeof *deps);
@@ -67,7 +73,10 @@ void ccm_svc_get_metrics(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *msg,
     resp->n_recent_metrics = (size_t)i + 1;
   }
   PQclear(res);
-  if (!ok) return ccm_svc_fail(out, CCM_ENOMEM, NULL);
+  if (!ok) {
+    ccm_svc_fail(out, CCM_ENOMEM, NULL);
+    return;
+  }
 
   long long current = 0;
   redisContext *redis = ccm_svc_redis(ctx);
