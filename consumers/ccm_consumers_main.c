@@ -14,10 +14,13 @@
 #include "ccm_dlq.h"
 #include "ccm_error.h"
 #include "ccm_handlers.h"
+#include "ccm_kafka.h"
 #include "ccm_log.h"
 #include "ccm_provider.h"
 #include "ccm_rules.h"
 #include "ccm_signals.h"
+
+#define TOPIC_TIMEOUT_MS 5000
 
 enum role { ROLE_INITIATE, ROLE_CALLBACK, ROLE_DLQ, ROLE_RELAY, ROLE_COUNT };
 
@@ -130,6 +133,15 @@ int ccm_cmd_consumers(int argc, char **argv) {
     fprintf(stderr, "ccm consumers: invalid configuration: RETRY_SCHEDULE_CONFIG_PATH (%s)\n",
             cfg.retry_config_path);
     exit_code = CCM_EXIT_USAGE;
+  }
+  if (exit_code == CCM_EXIT_OK) {
+    /* SPEC 7: topics are created at start if missing (an external cluster
+     * may not have them). A broker that is down is not fatal here: the
+     * consumers wait for it. */
+    char err[512];
+    if (ccm_kafka_ensure_topics(&cfg, TOPIC_TIMEOUT_MS, err, sizeof err) != CCM_OK) {
+      ccm_warn("ccm.consumers", "topics not checked (%s); consumers will wait for the broker", err);
+    }
   }
   atomic_bool stop;
   atomic_init(&stop, false);

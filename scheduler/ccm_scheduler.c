@@ -540,6 +540,23 @@ static int sweep_leaked_slots(struct ccm_scheduler *s, int *n) {
   return rc;
 }
 
+/* ---------------------------------------------------------- housekeeping --- */
+
+/* Deletes what nothing needs any more, a bounded batch per pass: expired
+ * Idempotency-Keys (24 h) and outbox rows published over a day ago. Returns
+ * CCM_OK or a database status. */
+static int housekeeping(struct ccm_scheduler *s) {
+  int rc = ccm_db_exec_simple(s->db,
+                              "DELETE FROM calls_idempotencykey WHERE key IN (SELECT key FROM "
+                              "calls_idempotencykey WHERE expires_at < now() LIMIT 10000)");
+  if (rc == CCM_OK) {
+    rc = ccm_db_exec_simple(s->db,
+                            "DELETE FROM calls_outbox WHERE id IN (SELECT id FROM calls_outbox "
+                            "WHERE sent_at < now() - interval '1 day' LIMIT 10000)");
+  }
+  return rc;
+}
+
 /* ----------------------------------------------------------------- pass --- */
 
 /* The steps of a pass; err gets the reason of a failure. */
@@ -567,6 +584,11 @@ static int run_pass(struct ccm_scheduler *s, struct ccm_scheduler_report *rep, c
   rc = sweep_stale(s, rep);
   if (rc != CCM_OK) {
     snprintf(err, errlen, "stale-call sweep failed (%s)", ccm_error_name(rc));
+    return rc;
+  }
+  rc = housekeeping(s);
+  if (rc != CCM_OK) {
+    snprintf(err, errlen, "housekeeping failed (%s)", ccm_error_name(rc));
     return rc;
   }
   if (status != CCM_OK) return status; /* no slots: no claims */

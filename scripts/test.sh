@@ -64,6 +64,12 @@ run_suite() {
     if [[ -n ${CCM_E2E_ONLY:-} && " $CCM_E2E_ONLY " != *" $(basename "$t" .sh | sed 's/^test_//') "* ]]; then
       continue
     fi
+    # A script marked "ccm-test: once" (long fault-injection runs) runs on
+    # the first build only: it tests behaviour under faults, and the
+    # sanitizer build already runs every other suite.
+    if [[ $build != "${BUILDS[0]}" ]] && grep -q '^# ccm-test: once' "$t"; then
+      continue
+    fi
     fresh_database
     "$CCM_BIN" migrate >/dev/null
     record "$build: $(basename "$t")" bash "$t"
