@@ -586,10 +586,15 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     ccm_log_write(CCM_LOG_API, rq->http_status >= 500 ? CCM_LOG_WARNING : CCM_LOG_INFO, LOGGER,
                   "Incoming Request: %s %s status=%d latency_ms=%.1f", method, path,
                   rq->http_status, latency);
-  } else {
+  } else if (rq->method != NULL) {
     ccm_log_write(CCM_LOG_API, CCM_LOG_INFO, LOGGER,
                   "Incoming Request: %s %s status=0 latency_ms=%.1f (closed: %d)", method, path,
                   latency, (int)toe);
+  } else {
+    /* The client went away before its request was complete: not a request
+     * ccm received, so not an api.log line. */
+    ccm_debug(LOGGER, "connection closed before the request to %s was complete (%d)", path,
+              (int)toe);
   }
   ccm_arena_free(&rq->arena);
   ccm_buf_free(&rq->body);

@@ -190,29 +190,31 @@ static int load_campaign(struct ccm_rpc_ctx *ctx, PGconn *db, long long id,
   return *campaign != NULL ? CCM_OK : CCM_ENOMEM;
 }
 
+/* Returns the active campaign `id`, or NULL with out filled: NOT_FOUND
+ * "Campaign not found or inactive.", or the database failure. */
+static Callmanager__V1__Campaign *active_campaign(struct ccm_rpc_ctx *ctx, long long id,
+                                                  struct ccm_rpc_result *out) {
+  PGconn *db = id > 0 ? ccm_svc_db(ctx) : NULL;
+  if (id > 0 && db == NULL) {
+    ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
+    return NULL;
+  }
+  Callmanager__V1__Campaign *campaign = NULL;
+  int rc = id > 0 ? load_campaign(ctx, db, id, &campaign) : CCM_ENOTFOUND;
+  if (rc == CCM_ENOTFOUND) {
+    ccm_svc_fail(out, CCM_ENOTFOUND, campaign_not_found);
+  } else if (rc != CCM_OK) {
+    ccm_svc_db_fail(out, rc);
+  }
+  return rc == CCM_OK ? campaign : NULL;
+}
+
 void ccm_svc_get_campaign(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *msg,
                           struct ccm_rpc_result *out) {
   const Callmanager__V1__GetCampaignRequest *req = (const void *)msg;
   if (!ccm_svc_authorize(ctx, out)) return;
-  if (req->id <= 0) {
-    ccm_svc_fail(out, CCM_ENOTFOUND, campaign_not_found);
-    return;
-  }
-  PGconn *db = ccm_svc_db(ctx);
-  if (db == NULL) {
-    ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
-    return;
-  }
-  Callmanager__V1__Campaign *campaign = NULL;
-  int rc = load_campaign(ctx, db, req->id, &campaign);
-  if (rc == CCM_ENOTFOUND) {
-    ccm_svc_fail(out, CCM_ENOTFOUND, campaign_not_found);
-    return;
-  }
-  if (rc != CCM_OK) {
-    ccm_svc_db_fail(out, rc);
-    return;
-  }
+  Callmanager__V1__Campaign *campaign = active_campaign(ctx, req->id, out);
+  if (campaign == NULL) return;
   Callmanager__V1__GetCampaignResponse *resp = ccm_arena_alloc(ctx->arena, sizeof *resp);
   if (resp == NULL) {
     ccm_svc_fail(out, CCM_ENOMEM, NULL);
@@ -252,22 +254,9 @@ void ccm_svc_add_phone_numbers(struct ccm_rpc_ctx *ctx, const ProtobufCMessage *
     ccm_svc_fail(out, CCM_EINVAL, "phone_numbers must contain 1 to 10000 entries");
     return;
   }
+  if (active_campaign(ctx, req->campaign_id, out) == NULL) return;
   PGconn *db = ccm_svc_db(ctx);
-  if (db == NULL) {
-    ccm_svc_db_fail(out, CCM_EUNAVAILABLE);
-    return;
-  }
-  Callmanager__V1__Campaign *campaign = NULL;
-  int rc = load_campaign(ctx, db, req->campaign_id, &campaign);
-  if (rc == CCM_ENOTFOUND) {
-    ccm_svc_fail(out, CCM_ENOTFOUND, campaign_not_found);
-    return;
-  }
-  if (rc != CCM_OK) {
-    ccm_svc_db_fail(out, rc);
-    return;
-  }
-
+  int rc = CCM_OK;
   Callmanager__V1__AddPhoneNumbersResponse *resp = ccm_arena_alloc(ctx->arena, sizeof *resp);
   size_t n = req->n_phone_numbers;
   char **normalised = ccm_arena_calloc(ctx->arena, n, sizeof *normalised);
