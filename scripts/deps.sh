@@ -13,7 +13,7 @@ PACKAGES=(
   libpq-dev libhiredis-dev librdkafka-dev libyaml-dev libmicrohttpd-dev
   libjansson-dev libcurl4-openssl-dev libcmocka-dev libicu-dev libssl-dev
   clang-format clang libclang-rt-14-dev
-  redis-server redis-tools kcat
+  redis-server redis-tools kcat wrk
   python3-grpcio python3-grpc-tools python3-protobuf
   postgresql-15 postgresql-client-15
   openjdk-17-jre-headless maven
