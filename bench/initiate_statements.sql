@@ -26,11 +26,13 @@ WITH c AS (INSERT INTO calls_calllog (call_id, campaign_id, phone_number, status
            SELECT 'initiated_call_topic', call_id,
                   '\x0a2d63616c6c5f315f2b31323030303030303030303030305f32303236313132363030303030305f61626364313233341001220d42656e63682063616d706169676e2a0e2b31323030303030303030303030300130b0ddb9d2b833'::bytea
            FROM c),
-     m AS (INSERT INTO calls_callmetrics (date, total_calls_initiated, peak_concurrent_calls)
-           SELECT (created_at AT TIME ZONE 'UTC')::date, 1, 1 FROM c
-           ON CONFLICT (date) DO UPDATE SET
-             total_calls_initiated = calls_callmetrics.total_calls_initiated + 1,
-             peak_concurrent_calls = GREATEST(calls_callmetrics.peak_concurrent_calls,
+     m AS (INSERT INTO calls_callmetrics_shard (date, shard, total_calls_initiated,
+                                                peak_concurrent_calls)
+           SELECT (created_at AT TIME ZONE 'UTC')::date, pg_backend_pid() % 32, 1, 1 FROM c
+           ON CONFLICT (date, shard) DO UPDATE SET
+             total_calls_initiated = calls_callmetrics_shard.total_calls_initiated
+                                     + EXCLUDED.total_calls_initiated,
+             peak_concurrent_calls = GREATEST(calls_callmetrics_shard.peak_concurrent_calls,
                                               EXCLUDED.peak_concurrent_calls),
              updated_at = now())
 SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24":"MI":"SS"Z"') FROM c;

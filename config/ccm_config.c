@@ -387,6 +387,7 @@ static void load_all(struct loader *ld) {
   }
   get_int(ld, &cfg->external_timeout_seconds, "EXTERNAL_SERVICE_TIMEOUT_SECONDS", NULL, 1, 3600,
           30);
+  get_int(ld, &cfg->consumer_workers, "CONSUMER_WORKERS", NULL, 1, 64, 8);
   get_int(ld, &cfg->dlq_retention_days, "DLQ_RETENTION_DAYS", NULL, 0, 36500, 7);
   get_duration(ld, &cfg->stale_timeout_seconds, "STALE_CALL_TIMEOUT_MINUTES",
                "STALE_CALL_TIMEOUT_SECONDS", 3600);

@@ -48,6 +48,7 @@ struct ccm_config {
 
   char *external_service_url;
   int external_timeout_seconds;
+  int consumer_workers; /* handler threads per Kafka consumer */
 
   int dlq_retention_days;
   int stale_timeout_seconds;

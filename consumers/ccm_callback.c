@@ -11,6 +11,7 @@
 #include "ccm_error.h"
 #include "ccm_handlers.h"
 #include "ccm_log.h"
+#include "ccm_metrics_sql.h"
 #include "ccm_rules.h"
 
 enum outcome { OUT_PICKED, OUT_DISCONNECTED, OUT_RNR, OUT_FAILED, OUT_INVALID };
@@ -114,14 +115,14 @@ static int apply(PGconn *db, const Callmanager__Events__V1__CallbackEvent *ev,
            "to_timestamp($10::bigint / 1000.0)), call_duration = $7::int, "
            "external_call_id = coalesce(external_call_id, $8) "
            "WHERE call_id = $1 AND attempt = $2::int), "
-           "m AS (INSERT INTO calls_callmetrics (date, %s, total_call_duration) "
-           "VALUES ((now() AT TIME ZONE 'UTC')::date, 1, $12::int * coalesce($7::int, 0)) "
-           "ON CONFLICT (date) DO UPDATE SET %s = calls_callmetrics.%s + 1, "
-           "total_call_duration = calls_callmetrics.total_call_duration + "
-           "EXCLUDED.total_call_duration, updated_at = now()) "
+           "m AS (INSERT INTO calls_callmetrics_shard (date, shard, %s, total_call_duration) "
+           "VALUES (" CCM_SQL_UTC_TODAY ", %s, 1, "
+           "$12::int * coalesce($7::int, 0)) "
+           "ON CONFLICT (date, shard) DO UPDATE SET %s = calls_callmetrics_shard.%s + 1, "
+           CCM_SQL_METRICS_ADD("total_call_duration") ", updated_at = now()) "
            "UPDATE calls_callback SET applied_at = now(), result = 'applied:' || $3, "
            "attempt = $2::int WHERE id = $9::bigint",
-           t->metric, t->metric, t->metric);
+           t->metric, CCM_SQL_METRICS_SHARD, t->metric, t->metric);
   return ccm_db_exec(db, sql, 12, params, NULL);
 }
 

@@ -2,7 +2,8 @@
  * consumer group member that hands each message to a handler, commits the
  * offset only after the handler's effect is committed, pauses (retrying the
  * same message) while a dependency is down, retries other failures in
- * process (3 times from 0.5 s, doubling) and then dead-letters the message. */
+ * process (3 times from 0.5 s, doubling) and then dead-letters the message.
+ * Messages are handled by a pool of threads, in order per key (call_id). */
 #ifndef CCM_CONSUMER_H
 #define CCM_CONSUMER_H
 
@@ -37,11 +38,16 @@ struct ccm_consumer_spec {
   const char *topic;
   const char *group;
   ccm_consumer_handler handle;
-  void *data;
+  void *data; /* shared by all handler threads: ctx->data starts as this */
+  /* Optional: gives one handler thread its own state (may replace
+   * ctx->data); returns CCM_OK or a status. worker_free undoes it. */
+  int (*worker_init)(struct ccm_consumer_ctx *ctx);
+  void (*worker_free)(struct ccm_consumer_ctx *ctx);
 };
 
-/* Runs the loop until *stop becomes true. Returns CCM_OK, or a status when
- * the consumer cannot be created (message logged). */
+/* Runs the loop until *stop becomes true, with cfg->consumer_workers
+ * handler threads (each with its own ctx). Returns CCM_OK, or a status when
+ * the consumer cannot be created (message logged; *stop is then set). */
 int ccm_consumer_run(const struct ccm_config *cfg, const struct ccm_consumer_spec *spec,
                      atomic_bool *stop);
 
@@ -50,7 +56,7 @@ int ccm_consumer_run(const struct ccm_config *cfg, const struct ccm_consumer_spe
  * ccm_consumer_producer_new; its delivery report fills it in. */
 struct ccm_delivery {
   rd_kafka_resp_err_t err;
-  bool done;
+  atomic_bool done; /* set by the delivery report, on whichever thread serves it */
 };
 
 /* Serves delivery reports until every one of the n deliveries is done (each

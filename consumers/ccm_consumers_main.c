@@ -39,18 +39,15 @@ static void *run_role(void *arg) {
   const struct ccm_config *cfg = r->cfg;
   switch (r->role) {
     case ROLE_INITIATE: {
-      struct ccm_initiate_state st = {.provider = ccm_provider_create(cfg), .stop = r->stop};
-      if (st.provider == NULL) {
-        r->status = CCM_ENOMEM;
-        break;
-      }
+      struct ccm_initiate_state shared = {.provider = NULL, .stop = r->stop};
       struct ccm_consumer_spec spec = {.name = "initiate",
                                        .topic = cfg->topic_initiate,
                                        .group = "call_initiation_consumer_group",
                                        .handle = ccm_initiate_handle,
-                                       .data = &st};
+                                       .data = &shared,
+                                       .worker_init = ccm_initiate_worker_init,
+                                       .worker_free = ccm_initiate_worker_free};
       r->status = ccm_consumer_run(cfg, &spec, r->stop);
-      ccm_provider_destroy(st.provider);
       break;
     }
     case ROLE_CALLBACK: {
@@ -230,7 +227,7 @@ int ccm_cmd_cleanup_dlq(int argc, char **argv) {
       printf("Deleted processed dead letters older than %d days: %d\n", retention, count);
     }
   }
-  if (db != NULL) PQfinish(db);
+  if (db != NULL) ccm_db_close(db);
   ccm_config_free(&cfg);
   return exit_code;
 }

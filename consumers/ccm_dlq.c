@@ -10,6 +10,7 @@
 #include "ccm_db.h"
 #include "ccm_error.h"
 #include "ccm_log.h"
+#include "ccm_metrics_sql.h"
 #include "ccm_time.h"
 
 #define REDRIVE_BATCH 100
@@ -102,10 +103,11 @@ int ccm_dlq_send(struct ccm_consumer_ctx *ctx, const rd_kafka_message_t *msg, co
                     "now() + CASE $7::int WHEN 0 THEN interval '1 minute' WHEN 1 THEN "
                     "interval '5 minutes' ELSE interval '30 minutes' END) "
                     "ON CONFLICT (original_topic, partition, \"offset\") DO NOTHING RETURNING 1) "
-                    "INSERT INTO calls_callmetrics (date, dlq_entries_created) "
-                    "SELECT (now() AT TIME ZONE 'UTC')::date, 1 FROM e "
-                    "ON CONFLICT (date) DO UPDATE SET dlq_entries_created = "
-                    "calls_callmetrics.dlq_entries_created + 1, updated_at = now()",
+                    "INSERT INTO calls_callmetrics_shard (date, shard, dlq_entries_created) "
+                    "SELECT " CCM_SQL_UTC_TODAY ", " CCM_SQL_METRICS_SHARD
+                    ", 1 FROM e "
+                    "ON CONFLICT (date, shard) DO UPDATE SET " CCM_SQL_METRICS_ADD(
+                        "dlq_entries_created") ", updated_at = now()",
                     7, params, &res);
     PQclear(res);
     if (rc == CCM_EINVAL) {
@@ -206,14 +208,14 @@ int ccm_dlq_run(const struct ccm_config *cfg, atomic_bool *stop) {
     int count = 0;
     if (db != NULL && ccm_dlq_redrive(cfg, db, producer, false, &count) != CCM_OK &&
         ccm_db_ensure(db) != CCM_OK) {
-      PQfinish(db);
+      ccm_db_close(db);
       db = NULL;
     }
     for (int waited = 0; waited < DLQ_LOOP_MS && !atomic_load(stop); waited += 200) {
       ccm_time_sleep_ms(200);
     }
   }
-  if (db != NULL) PQfinish(db);
+  if (db != NULL) ccm_db_close(db);
   rd_kafka_flush(producer, 5000);
   rd_kafka_destroy(producer);
   ccm_info("kafka.dlq", "DLQ consumer stopped");

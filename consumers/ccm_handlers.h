@@ -10,11 +10,19 @@
 struct ccm_provider;
 struct ccm_rules;
 
-/* State of the initiate consumer (ccm_consumer_ctx.data). */
+/* State of one initiate handler thread (ccm_consumer_ctx.data). The
+ * consumer spec's data is a template with provider NULL. */
 struct ccm_initiate_state {
   struct ccm_provider *provider;
   atomic_bool *stop;
 };
+
+/* Gives an initiate handler thread its own provider client (libcurl
+ * handles are not shared between threads). Returns CCM_OK or CCM_ENOMEM. */
+int ccm_initiate_worker_init(struct ccm_consumer_ctx *ctx);
+
+/* Releases what ccm_initiate_worker_init made. */
+void ccm_initiate_worker_free(struct ccm_consumer_ctx *ctx);
 
 /* Retry rules shared by callback consumers; replaced on reload. */
 struct ccm_rules_holder {

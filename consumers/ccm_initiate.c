@@ -4,6 +4,7 @@
  * awaiting the outcome) or fails the call and releases its slot. */
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "callmanager/events/v1/events.pb-c.h"
@@ -12,6 +13,7 @@
 #include "ccm_error.h"
 #include "ccm_handlers.h"
 #include "ccm_log.h"
+#include "ccm_metrics_sql.h"
 #include "ccm_provider.h"
 
 static const char failed_message[] = "Failed to initiate external call";
@@ -93,15 +95,38 @@ static int record_failure(struct ccm_consumer_ctx *ctx, const char *call_id, con
       "AND status = 'PROCESSING' RETURNING call_id), "
       "a AS (UPDATE calls_callattempt SET status = 'FAILED', outcome_at = now() "
       "WHERE call_id = $1 AND attempt = $2::int AND EXISTS (SELECT 1 FROM c)), "
-      "m AS (INSERT INTO calls_callmetrics (date, total_calls_failed) "
-      "SELECT (now() AT TIME ZONE 'UTC')::date, 1 FROM c ON CONFLICT (date) DO UPDATE SET "
-      "total_calls_failed = calls_callmetrics.total_calls_failed + 1, updated_at = now()) "
+      "m AS (INSERT INTO calls_callmetrics_shard (date, shard, total_calls_failed) "
+      "SELECT " CCM_SQL_UTC_TODAY ", " CCM_SQL_METRICS_SHARD ", 1 FROM c "
+      "ON CONFLICT (date, shard) DO UPDATE SET " CCM_SQL_METRICS_ADD("total_calls_failed") ", "
+      "updated_at = now()) "
       "SELECT count(*) FROM c",
       3, params, &res);
   if (rc != CCM_OK) return rc;
   *changed = ccm_db_get_ll(res, 0, 0) > 0;
   PQclear(res);
   return CCM_OK;
+}
+
+int ccm_initiate_worker_init(struct ccm_consumer_ctx *ctx) {
+  const struct ccm_initiate_state *shared = ctx->data;
+  struct ccm_initiate_state *st = calloc(1, sizeof *st);
+  if (st == NULL) return CCM_ENOMEM;
+  st->stop = shared->stop;
+  st->provider = ccm_provider_create(ctx->cfg);
+  if (st->provider == NULL) {
+    free(st);
+    return CCM_ENOMEM;
+  }
+  ctx->data = st;
+  return CCM_OK;
+}
+
+void ccm_initiate_worker_free(struct ccm_consumer_ctx *ctx) {
+  struct ccm_initiate_state *st = ctx->data;
+  if (st == NULL || st->provider == NULL) return; /* never initialised */
+  ccm_provider_destroy(st->provider);
+  free(st);
+  ctx->data = NULL;
 }
 
 int ccm_initiate_handle(struct ccm_consumer_ctx *ctx, const rd_kafka_message_t *msg, char *err,

@@ -144,7 +144,7 @@ int ccm_relay_run(const struct ccm_config *cfg, atomic_bool *stop) {
     if (db == NULL) {
       if (ccm_db_connect(cfg, &db, err, sizeof err) != CCM_OK ||
           ccm_db_exec_simple(db, "LISTEN ccm_outbox") != CCM_OK) {
-        if (db != NULL) PQfinish(db);
+        if (db != NULL) ccm_db_close(db);
         db = NULL;
         ccm_time_sleep_ms(1000);
         continue;
@@ -158,7 +158,7 @@ int ccm_relay_run(const struct ccm_config *cfg, atomic_bool *stop) {
       if (sent == RELAY_BATCH) continue;
     }
     if (rc == CCM_EUNAVAILABLE && ccm_db_ensure(db) != CCM_OK) {
-      PQfinish(db);
+      ccm_db_close(db);
       db = NULL;
       continue;
     }
@@ -170,7 +170,7 @@ int ccm_relay_run(const struct ccm_config *cfg, atomic_bool *stop) {
     }
     wait_for_work(db, IDLE_WAIT_MS);
   }
-  if (db != NULL) PQfinish(db);
+  if (db != NULL) ccm_db_close(db);
   rd_kafka_flush(producer, 5000);
   rd_kafka_destroy(producer);
   ccm_info("kafka.relay", "outbox relay stopped");

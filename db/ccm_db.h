@@ -18,11 +18,17 @@ struct ccm_config;
  * it). */
 int ccm_db_connect(const struct ccm_config *cfg, PGconn **out, char *err, size_t errlen);
 
+/* Closes a connection opened by ccm_db_connect and forgets its prepared
+ * statements; conn may be NULL. Use it instead of PQfinish. */
+void ccm_db_close(PGconn *conn);
+
 /* Makes sure conn is usable, resetting it once when the server went away.
  * Returns CCM_OK or CCM_EUNAVAILABLE. */
 int ccm_db_ensure(PGconn *conn);
 
-/* Runs a parameterised statement (text parameters; NULL entries are SQL NULL).
+/* Runs a parameterised statement (text parameters; NULL entries are SQL NULL),
+ * prepared once per connection when it has parameters (sql must then not
+ * change meaning between calls: the same text is the same statement).
  * Returns CCM_OK with the result in *res (caller PQclears it; res may be NULL
  * to discard), or a ccm status; the failure is logged with the sql's first
  * words as context, never the parameters. */

@@ -20,6 +20,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,16 +41,19 @@
 #include "ccm_rpc_client.h"
 #include "ccm_sign.h"
 #include "ccm_signals.h"
+#include "ccm_time.h"
 #include "grpc/health/v1/health.pb-c.h"
 
 #define LOGGER "ccm.gateway"
 #define REQUEST_ARENA_MAX (256u * 1024u * 1024u) /* per request: body, messages */
 #define HEADER_BLOCK_MAX (16u * 1024u)           /* SPEC 4: header block limit */
 /* MHD keeps the request line and headers in the connection's memory pool,
- * with its own bookkeeping and the response headers: 24 KiB lets every
- * block up to 16 KiB through (the handler refuses larger ones with 431) and
- * MHD itself refuses blocks over about 20 KiB. */
-#define CONNECTION_MEMORY (HEADER_BLOCK_MAX + 8u * 1024u)
+ * with its own bookkeeping and the response headers: 32 KiB lets every
+ * block up to 16 KiB through, the handler refuses larger ones up to about
+ * 32 KiB with a JSON 431, and MHD refuses still larger ones with its own
+ * 431. In a band of about 250 bytes just below MHD's limit the block fits
+ * but the answer does not, and MHD closes the connection without one. */
+#define CONNECTION_MEMORY (HEADER_BLOCK_MAX + 16u * 1024u)
 #define POOL_THREADS_MIN 2
 #define POOL_THREADS_MAX 4
 #define STOP_GRACE_MS 5000 /* in-flight calls may finish during a stop */
@@ -82,7 +86,10 @@ struct gateway {
   pthread_mutex_t mu;
   pthread_cond_t cond; /* broadcast when suspended drops */
   bool stopping;
-  size_t suspended; /* connections waiting for an RPC */
+  size_t suspended;            /* connections waiting for an RPC */
+  int max_connections;         /* GATEWAY_MAX_CONNECTIONS, capped by the fd limit */
+  atomic_int connections;      /* open client connections */
+  atomic_llong refused_log_ms; /* last "connection refused" log line */
 };
 
 /* One HTTP request, from the URI log callback to the completion notice. */
@@ -766,20 +773,35 @@ json_t *ccm_gateway_openapi_load(char *err, size_t errlen) {
 
 /* ---------------------------------------------------------------- main --- */
 
-/* Raises the open-file limit towards what GATEWAY_MAX_CONNECTIONS needs. */
-static void raise_fd_limit(int connections) {
+/* File descriptors kept free for everything but client connections: the
+ * gRPC channel, log files, epoll and eventfds of the pool threads. */
+#define FD_RESERVE 256
+/* MHD's own limit sits this far above ccm's (refused sockets are closed at
+ * once, so the extra descriptors are only briefly in use). */
+#define CONNECTIONS_MARGIN 64
+
+/* Raises the open-file limit towards what GATEWAY_MAX_CONNECTIONS needs.
+ * Returns the number of connections the gateway can really hold: at the
+ * open-file limit MHD would stop accepting and new clients would hang until
+ * idle ones time out, so past it they are refused at once instead. */
+static int usable_connections(int connections) {
   struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
-  rlim_t want = (rlim_t)connections + 256;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return connections;
+  rlim_t want = (rlim_t)connections + FD_RESERVE;
   if (rl.rlim_cur < want) {
     rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
     getrlimit(RLIMIT_NOFILE, &rl);
   }
-  if (rl.rlim_cur < want) {
-    ccm_warn(LOGGER, "open-file limit %llu is below GATEWAY_MAX_CONNECTIONS=%d",
-             (unsigned long long)rl.rlim_cur, connections);
-  }
+  if (rl.rlim_cur >= want) return connections;
+  int usable =
+      rl.rlim_cur > 2 * FD_RESERVE ? (int)(rl.rlim_cur - FD_RESERVE) : (int)rl.rlim_cur / 2;
+  if (usable < 1) usable = 1;
+  ccm_warn(LOGGER,
+           "open-file limit %llu is below GATEWAY_MAX_CONNECTIONS=%d: holding at most %d "
+           "connections",
+           (unsigned long long)rl.rlim_cur, connections, usable);
+  return usable;
 }
 
 /* One epoll thread per CPU, 2 to 4, never more than connections allowed. */
@@ -843,9 +865,36 @@ static void stop_gracefully(struct gateway *gw) {
   gw->daemon = NULL;
 }
 
+/* Counts open connections (MHD_OPTION_NOTIFY_CONNECTION). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_ctx,
+                          enum MHD_ConnectionNotificationCode code) {
+  (void)conn;
+  (void)socket_ctx;
+  struct gateway *gw = cls;
+  if (code == MHD_CONNECTION_NOTIFY_STARTED) atomic_fetch_add(&gw->connections, 1);
+  if (code == MHD_CONNECTION_NOTIFY_CLOSED) atomic_fetch_sub(&gw->connections, 1);
+}
+
+/* Refuses a new connection at the limit by closing it at once. MHD's own
+ * limit (set a little higher) would stop accepting instead, and clients
+ * would wait in the listen backlog until idle connections time out. */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen) {
+  (void)addr;
+  (void)addrlen;
+  struct gateway *gw = cls;
+  if (atomic_load(&gw->connections) < gw->max_connections) return MHD_YES;
+  long long now = (long long)ccm_time_now_ms();
+  long long last = atomic_load(&gw->refused_log_ms);
+  if (now - last >= 1000 && atomic_compare_exchange_strong(&gw->refused_log_ms, &last, now)) {
+    ccm_warn(LOGGER, "connection refused: %d connections open (limit %d)",
+             atomic_load(&gw->connections), gw->max_connections);
+  }
+  return MHD_NO;
+}
+
 static int serve(struct gateway *gw) {
   const struct ccm_config *cfg = gw->cfg;
-  raise_fd_limit(cfg->gateway_max_connections);
+  gw->max_connections = usable_connections(cfg->gateway_max_connections);
   load_openapi(gw);
   int rc = ccm_rpc_client_create(cfg->grpc_target, &gw->rpc);
   if (rc != CCM_OK) {
@@ -855,15 +904,16 @@ static int serve(struct gateway *gw) {
               ccm_error_name(rc));
     return CCM_EXIT_FAILURE;
   }
-  unsigned threads = pool_threads(cfg->gateway_max_connections);
+  unsigned threads = pool_threads(gw->max_connections);
   unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
   gw->daemon = MHD_start_daemon(
-      flags, (uint16_t)cfg->http_port, NULL, NULL, on_request, gw, MHD_OPTION_EXTERNAL_LOGGER,
+      flags, (uint16_t)cfg->http_port, on_accept, gw, on_request, gw, MHD_OPTION_EXTERNAL_LOGGER,
       on_mhd_log, gw, MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT,
-      (unsigned)cfg->gateway_max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+      (unsigned)(gw->max_connections + CONNECTIONS_MARGIN), MHD_OPTION_CONNECTION_TIMEOUT,
       (unsigned)cfg->gateway_idle_timeout_seconds, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
       (size_t)CONNECTION_MEMORY, MHD_OPTION_URI_LOG_CALLBACK, on_uri, gw,
-      MHD_OPTION_NOTIFY_COMPLETED, on_completed, gw, MHD_OPTION_END);
+      MHD_OPTION_NOTIFY_COMPLETED, on_completed, gw, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+      gw, MHD_OPTION_END);
   if (gw->daemon == NULL) {
     fprintf(stderr, "ccm gateway: cannot listen on 0.0.0.0:%d (HTTP_PORT)\n", cfg->http_port);
     ccm_error(LOGGER, "cannot listen on 0.0.0.0:%d", cfg->http_port);

@@ -41,7 +41,7 @@ int ccm_cmd_migrate(int argc, char **argv) {
       exit_code = CCM_EXIT_FAILURE;
     }
   }
-  if (conn != NULL) PQfinish(conn);
+  if (conn != NULL) ccm_db_close(conn);
   ccm_config_free(&cfg);
   return exit_code;
 }
@@ -58,7 +58,7 @@ int ccm_cmd_showmigrations(int argc, char **argv) {
   if (exit_code == CCM_EXIT_OK && ccm_migrate_show(conn, stdout) != CCM_OK) {
     exit_code = CCM_EXIT_FAILURE;
   }
-  if (conn != NULL) PQfinish(conn);
+  if (conn != NULL) ccm_db_close(conn);
   ccm_config_free(&cfg);
   return exit_code;
 }
@@ -79,7 +79,7 @@ static int check_postgres(const struct ccm_config *cfg, char *detail, size_t len
     snprintf(detail, len, "%s:%s/%s, schema up to date", PQhost(conn), PQport(conn), PQdb(conn));
   }
   PQclear(res);
-  PQfinish(conn);
+  ccm_db_close(conn);
   return rc;
 }
 

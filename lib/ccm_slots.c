@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "ccm_config.h"
+#include "ccm_db.h"
 #include "ccm_error.h"
 
 #define KEY_MAX 512
@@ -30,9 +31,10 @@ static const char release_script[] =
 static const char count_script[] =
     "local n = redis.call('SCARD', KEYS[1]) redis.call('SET', KEYS[2], n) return n";
 
-/* ARGV: the call ids in flight. */
+/* ARGV: the members in flight. Added, never replacing: a slot taken while
+ * the database was read must survive; members whose attempt is over are
+ * given back by the scheduler's leaked-slot sweep. */
 static const char reconcile_script[] =
-    "redis.call('DEL', KEYS[1]) "
     "for i = 1, #ARGV, 1000 do "
     "  redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV))) end "
     "local n = redis.call('SCARD', KEYS[1]) redis.call('SET', KEYS[2], n) return n";
@@ -173,6 +175,30 @@ int ccm_slots_reconcile(redisContext *c, const struct ccm_config *cfg, const cha
   if (r == NULL) return CCM_EUNAVAILABLE;
   freeReplyObject(r);
   return CCM_OK;
+}
+
+int ccm_slots_reconcile_from_db(redisContext *c, const struct ccm_config *cfg, PGconn *db, int *n) {
+  if (n != NULL) *n = 0;
+  if (cfg == NULL || db == NULL) return CCM_EINVAL;
+  PGresult *res = NULL;
+  int rc = ccm_db_exec(db,
+                       "SELECT " CCM_SLOTS_MEMBER_SQL
+                       " FROM calls_calllog "
+                       "WHERE status IN ('INITIATED', 'PROCESSING', 'RETRYING')",
+                       0, NULL, &res);
+  if (rc != CCM_OK) return rc;
+  int rows = PQntuples(res);
+  const char **members = calloc((size_t)rows + 1, sizeof *members);
+  if (members == NULL) {
+    PQclear(res);
+    return CCM_ENOMEM;
+  }
+  for (int i = 0; i < rows; i++) members[i] = PQgetvalue(res, i, 0);
+  rc = ccm_slots_reconcile(c, cfg, members, (size_t)rows);
+  free(members);
+  PQclear(res);
+  if (rc == CCM_OK && n != NULL) *n = rows;
+  return rc;
 }
 
 int ccm_slots_lock_phone(redisContext *c, const struct ccm_config *cfg, const char *phone,

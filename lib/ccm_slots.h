@@ -11,6 +11,7 @@
 #define CCM_SLOTS_H
 
 #include <hiredis/hiredis.h>
+#include <libpq-fe.h>
 #include <stddef.h>
 
 struct ccm_config;
@@ -48,10 +49,19 @@ int ccm_slots_count(redisContext *c, const struct ccm_config *cfg, long long *co
  * or CCM_ENOMEM. */
 int ccm_slots_members(redisContext *c, const struct ccm_config *cfg, char ***members, size_t *n);
 
-/* Replaces the slot set by exactly the given members (the database's calls in
- * flight, CCM_SLOTS_MEMBER_SQL). Returns CCM_OK or CCM_EUNAVAILABLE. */
+/* Adds the given members (the database's attempts in flight,
+ * CCM_SLOTS_MEMBER_SQL) to the slot set and recounts it. Members already
+ * there stay: one taken while the database was read is not wiped, and one
+ * whose attempt is over is removed by the scheduler's leaked-slot sweep.
+ * Returns CCM_OK or CCM_EUNAVAILABLE. */
 int ccm_slots_reconcile(redisContext *c, const struct ccm_config *cfg, const char *const *members,
                         size_t n);
+
+/* Reads the attempts in flight from db and reconciles the slot set with
+ * them (after a Redis outage the set may be empty or stale). Returns CCM_OK
+ * with their number in *n, a database status, CCM_ENOMEM, or
+ * CCM_EUNAVAILABLE when Redis failed. */
+int ccm_slots_reconcile_from_db(redisContext *c, const struct ccm_config *cfg, PGconn *db, int *n);
 
 /* Sets call_lock:<phone> = call_id with the given TTL unless it exists.
  * Returns CCM_OK when taken, CCM_EEXHAUSTED when held by another call (its

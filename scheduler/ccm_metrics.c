@@ -33,8 +33,8 @@ bool ccm_metrics_valid_date(const char *text) {
 }
 
 /* One statement (hence one transaction): for each date, the counters are
- * recounted from the history and upserted; peak_concurrent_calls is left as
- * stored (0 for a new row). Time ranges are half-open UTC days. */
+ * recounted from the history and stored; peak_concurrent_calls is left as
+ * stored (0 for a new date). Time ranges are half-open UTC days. */
 static const char recompute_sql[] =
     "WITH d AS (SELECT e.day - g.k AS day, "
     "((e.day - g.k)::timestamp AT TIME ZONE 'UTC') AS lo, "
@@ -59,11 +59,18 @@ static const char recompute_sql[] =
     "WHERE a.attempt > 1 AND a.created_at >= d.lo AND a.created_at < d.hi) rt "
     "CROSS JOIN LATERAL (SELECT count(*) AS n FROM calls_dlqentry q "
     "WHERE q.created_at >= d.lo AND q.created_at < d.hi) dq), "
-    "u AS (INSERT INTO calls_callmetrics (date, total_calls_initiated, total_calls_picked, "
-    "total_calls_disconnected, total_calls_rnr, total_calls_failed, total_retries, "
-    "total_call_duration, dlq_entries_created) "
-    "SELECT day, initiated, picked, disconnected, rnr, failed, retries, duration, dlq FROM r "
-    "ON CONFLICT (date) DO UPDATE SET "
+    /* Shard 0 gets the recount and the other shards' counters are zeroed
+     * (their peaks stay: the view takes the maximum). Disjoint rows, so one
+     * statement can do both. */
+    "z AS (UPDATE calls_callmetrics_shard s SET total_calls_initiated = 0, "
+    "total_calls_picked = 0, total_calls_disconnected = 0, total_calls_rnr = 0, "
+    "total_calls_failed = 0, total_retries = 0, total_call_duration = 0, "
+    "dlq_entries_created = 0, updated_at = now() FROM r WHERE s.date = r.day AND s.shard <> 0), "
+    "u AS (INSERT INTO calls_callmetrics_shard (date, shard, total_calls_initiated, "
+    "total_calls_picked, total_calls_disconnected, total_calls_rnr, total_calls_failed, "
+    "total_retries, total_call_duration, dlq_entries_created) "
+    "SELECT day, 0, initiated, picked, disconnected, rnr, failed, retries, duration, dlq FROM r "
+    "ON CONFLICT (date, shard) DO UPDATE SET "
     "total_calls_initiated = EXCLUDED.total_calls_initiated, "
     "total_calls_picked = EXCLUDED.total_calls_picked, "
     "total_calls_disconnected = EXCLUDED.total_calls_disconnected, "
@@ -71,14 +78,12 @@ static const char recompute_sql[] =
     "total_calls_failed = EXCLUDED.total_calls_failed, "
     "total_retries = EXCLUDED.total_retries, "
     "total_call_duration = EXCLUDED.total_call_duration, "
-    "dlq_entries_created = EXCLUDED.dlq_entries_created, updated_at = now() "
-    "RETURNING date, total_calls_initiated, total_calls_picked, total_calls_disconnected, "
-    "total_calls_rnr, total_calls_failed, total_retries, peak_concurrent_calls, "
-    "total_call_duration, avg_call_duration, dlq_entries_created) "
-    "SELECT to_char(date, 'YYYY-MM-DD'), total_calls_initiated, total_calls_picked, "
-    "total_calls_disconnected, total_calls_rnr, total_calls_failed, total_retries, "
-    "peak_concurrent_calls, total_call_duration, avg_call_duration, dlq_entries_created "
-    "FROM u ORDER BY date";
+    "dlq_entries_created = EXCLUDED.dlq_entries_created, updated_at = now()) "
+    "SELECT to_char(r.day, 'YYYY-MM-DD'), r.initiated, r.picked, r.disconnected, r.rnr, "
+    "r.failed, r.retries, coalesce((SELECT max(s.peak_concurrent_calls) "
+    "FROM calls_callmetrics_shard s WHERE s.date = r.day), 0), r.duration, "
+    "CASE WHEN r.picked > 0 THEN r.duration::double precision / r.picked ELSE 0 END, r.dlq "
+    "FROM r ORDER BY r.day";
 
 int ccm_metrics_recompute(PGconn *db, const char *date, int days, struct ccm_metrics_day **out,
                           size_t *n) {
@@ -99,20 +104,7 @@ int ccm_metrics_recompute(PGconn *db, const char *date, int days, struct ccm_met
     PQclear(res);
     return CCM_ENOMEM;
   }
-  for (int i = 0; i < rows; i++) {
-    struct ccm_metrics_day *m = &list[i];
-    snprintf(m->date, sizeof m->date, "%s", PQgetvalue(res, i, 0));
-    m->initiated = ccm_db_get_ll(res, i, 1);
-    m->picked = ccm_db_get_ll(res, i, 2);
-    m->disconnected = ccm_db_get_ll(res, i, 3);
-    m->rnr = ccm_db_get_ll(res, i, 4);
-    m->failed = ccm_db_get_ll(res, i, 5);
-    m->retries = ccm_db_get_ll(res, i, 6);
-    m->peak = ccm_db_get_ll(res, i, 7);
-    m->call_duration = ccm_db_get_ll(res, i, 8);
-    m->avg_call_duration = strtod(PQgetvalue(res, i, 9), NULL);
-    m->dlq_entries = ccm_db_get_ll(res, i, 10);
-  }
+  for (int i = 0; i < rows; i++) ccm_metrics_day_read(res, i, &list[i]);
   PQclear(res);
   *out = list;
   *n = (size_t)rows;
@@ -196,7 +188,7 @@ int ccm_cmd_generate_metrics(int argc, char **argv) {
              n > 0 ? list[n - 1].date : "?");
   }
   free(list);
-  if (db != NULL) PQfinish(db);
+  if (db != NULL) ccm_db_close(db);
   ccm_config_free(&cfg);
   return exit_code;
 }

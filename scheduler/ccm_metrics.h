@@ -8,18 +8,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define CCM_METRICS_DATE_BUF 11 /* "YYYY-MM-DD" */
-#define CCM_METRICS_MAX_DAYS 3660
+#include "ccm_metrics_sql.h"
 
-/* One recomputed UTC date, as stored after the recomputation. */
-struct ccm_metrics_day {
-  char date[CCM_METRICS_DATE_BUF];
-  long long initiated, picked, disconnected, rnr, failed, retries;
-  long long peak; /* kept, not recomputed */
-  long long call_duration;
-  double avg_call_duration;
-  long long dlq_entries;
-};
+#define CCM_METRICS_MAX_DAYS 3660
 
 /* Returns true when text is a valid calendar date written YYYY-MM-DD
  * (years 1000-9999); false for NULL or anything else. */

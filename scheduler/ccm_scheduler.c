@@ -17,6 +17,7 @@
 #include "ccm_db.h"
 #include "ccm_error.h"
 #include "ccm_log.h"
+#include "ccm_metrics_sql.h"
 #include "ccm_redis.h"
 #include "ccm_rules.h"
 #include "ccm_signals.h"
@@ -97,7 +98,7 @@ int ccm_scheduler_create(const struct ccm_config *cfg, const struct ccm_rules *r
 
 void ccm_scheduler_destroy(struct ccm_scheduler *s) {
   if (s == NULL) return;
-  if (s->db != NULL) PQfinish(s->db);
+  if (s->db != NULL) ccm_db_close(s->db);
   if (s->redis != NULL) redisFree(s->redis);
   free(s);
 }
@@ -117,7 +118,7 @@ void ccm_scheduler_set_campaign_scope(struct ccm_scheduler *s, long long campaig
 static int db_ready(struct ccm_scheduler *s, char *err, size_t errlen) {
   if (s->db != NULL && ccm_db_ensure(s->db) == CCM_OK) return CCM_OK;
   if (s->db != NULL) {
-    PQfinish(s->db);
+    ccm_db_close(s->db);
     s->db = NULL;
   }
   char why[256] = "";
@@ -169,29 +170,11 @@ static void release_slots(struct ccm_scheduler *s, const char *const *call_ids, 
 /* Rebuilds the slot set from the calls in flight. Returns CCM_OK with the
  * number of calls in *n, or a database / Redis status. */
 static int reconcile(struct ccm_scheduler *s, int *n) {
-  PGresult *res = NULL;
-  int rc = ccm_db_exec(s->db,
-                       "SELECT " CCM_SLOTS_MEMBER_SQL
-                       " FROM calls_calllog "
-                       "WHERE status IN ('INITIATED', 'PROCESSING', 'RETRYING')",
-                       0, NULL, &res);
-  if (rc != CCM_OK) return rc;
-  int rows = PQntuples(res);
-  const char **ids = calloc((size_t)rows + 1, sizeof *ids);
-  if (ids == NULL) {
-    PQclear(res);
-    return CCM_ENOMEM;
-  }
-  for (int i = 0; i < rows; i++) ids[i] = PQgetvalue(res, i, 0);
-  rc = ccm_slots_reconcile(s->redis, s->cfg, ids, (size_t)rows);
-  free(ids);
-  PQclear(res);
-  if (rc != CCM_OK) {
-    redis_broken(s);
-    return rc;
-  }
-  *n = rows;
-  return CCM_OK;
+  *n = 0;
+  int rc = ccm_slots_reconcile_from_db(s->redis, s->cfg, s->db, n);
+  /* Unavailable with the database fine: Redis failed. */
+  if (rc == CCM_EUNAVAILABLE && PQstatus(s->db) == CONNECTION_OK) redis_broken(s);
+  return rc;
 }
 
 /* ---------------------------------------------------------- stale sweep --- */
@@ -218,10 +201,10 @@ static int sweep_batch(struct ccm_scheduler *s, int *n) {
       "a AS (UPDATE calls_callattempt t SET status = 'FAILED', "
       "outcome_at = coalesce(t.outcome_at, now()) FROM c "
       "WHERE t.call_id = c.call_id AND t.attempt = c.attempt_count), "
-      "m AS (INSERT INTO calls_callmetrics (date, total_calls_failed) "
-      "SELECT (now() AT TIME ZONE 'UTC')::date, count(*) FROM c HAVING count(*) > 0 "
-      "ON CONFLICT (date) DO UPDATE SET total_calls_failed = "
-      "calls_callmetrics.total_calls_failed + EXCLUDED.total_calls_failed, updated_at = now()) "
+      "m AS (INSERT INTO calls_callmetrics_shard (date, shard, total_calls_failed) "
+      "SELECT " CCM_SQL_UTC_TODAY ", " CCM_SQL_METRICS_SHARD ", count(*) FROM c "
+      "HAVING count(*) > 0 ON CONFLICT (date, shard) DO UPDATE SET "
+      CCM_SQL_METRICS_ADD("total_calls_failed") ", updated_at = now()) "
       "SELECT call_id, attempt_count FROM c",
       3, params, &res);
   if (rc != CCM_OK) return rc;
@@ -329,11 +312,12 @@ static int write_claims(struct ccm_scheduler *s, const struct due_call *calls, s
         "o AS (INSERT INTO calls_outbox (topic, message_key, payload) "
         "SELECT $3, i.call_id, decode(i.event_hex, 'hex') FROM i JOIN c USING (call_id) "
         "ORDER BY i.ord), "
-        "m AS (INSERT INTO calls_callmetrics (date, total_retries, peak_concurrent_calls) "
-        "SELECT (now() AT TIME ZONE 'UTC')::date, count(*), $4::int FROM c "
-        "HAVING count(*) > 0 ON CONFLICT (date) DO UPDATE SET "
-        "total_retries = calls_callmetrics.total_retries + EXCLUDED.total_retries, "
-        "peak_concurrent_calls = GREATEST(calls_callmetrics.peak_concurrent_calls, "
+        "m AS (INSERT INTO calls_callmetrics_shard (date, shard, total_retries, "
+        "peak_concurrent_calls) "
+        "SELECT " CCM_SQL_UTC_TODAY ", " CCM_SQL_METRICS_SHARD ", count(*), $4::int FROM c "
+        "HAVING count(*) > 0 ON CONFLICT (date, shard) DO UPDATE SET "
+        CCM_SQL_METRICS_ADD("total_retries") ", "
+        "peak_concurrent_calls = GREATEST(calls_callmetrics_shard.peak_concurrent_calls, "
         "EXCLUDED.peak_concurrent_calls), updated_at = now()) "
         "SELECT count(*) FROM c",
         4, params, &res);

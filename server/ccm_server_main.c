@@ -64,7 +64,7 @@ static void worker_free(void *app, void *data) {
   (void)app;
   struct ccm_worker *w = data;
   if (w == NULL) return;
-  if (w->db != NULL) PQfinish(w->db);
+  if (w->db != NULL) ccm_db_close(w->db);
   if (w->redis != NULL) redisFree(w->redis);
   free(w);
 }
@@ -88,7 +88,7 @@ static bool probe_db(struct monitor *m) {
     if (ccm_db_connect(&m->app->cfg, &m->db, err, sizeof err) != CCM_OK) return false;
   }
   if (ccm_db_exec_simple(m->db, "SELECT 1") == CCM_OK) return true;
-  PQfinish(m->db);
+  ccm_db_close(m->db);
   m->db = NULL;
   return false;
 }
@@ -112,23 +112,9 @@ static bool probe_redis(struct monitor *m) {
  * the database's attempts in flight. */
 static void reconcile_slots(struct monitor *m) {
   if (m->db == NULL || m->redis == NULL) return;
-  PGresult *res = NULL;
-  if (ccm_db_exec(m->db,
-                  "SELECT " CCM_SLOTS_MEMBER_SQL " FROM calls_calllog "
-                  "WHERE status IN ('INITIATED', 'PROCESSING', 'RETRYING')",
-                  0, NULL, &res) != CCM_OK) {
-    return;
-  }
-  int n = PQntuples(res);
-  const char **ids = calloc((size_t)n + 1, sizeof *ids);
-  if (ids != NULL) {
-    for (int i = 0; i < n; i++) ids[i] = PQgetvalue(res, i, 0);
-    if (ccm_slots_reconcile(m->redis, &m->app->cfg, ids, (size_t)n) == CCM_OK) {
-      ccm_info("ccm.server", "Redis is back: concurrency slots reconciled (%d in flight)", n);
-    }
-    free(ids);
-  }
-  PQclear(res);
+  int n = 0;
+  if (ccm_slots_reconcile_from_db(m->redis, &m->app->cfg, m->db, &n) == CCM_OK)
+    ccm_info("ccm.server", "Redis is back: concurrency slots reconciled (%d in flight)", n);
 }
 
 static void *monitor_run(void *arg) {
@@ -162,7 +148,7 @@ static void *monitor_run(void *arg) {
     pthread_mutex_unlock(&m->mutex);
     if (stop) break;
   }
-  if (m->db != NULL) PQfinish(m->db);
+  if (m->db != NULL) ccm_db_close(m->db);
   if (m->redis != NULL) redisFree(m->redis);
   return NULL;
 }

@@ -6,6 +6,7 @@
 #include "ccm_db.h"
 #include "ccm_error.h"
 #include "ccm_log.h"
+#include "ccm_metrics_sql.h"
 #include "ccm_service.h"
 #include "ccm_slots.h"
 
@@ -26,17 +27,19 @@ static Callmanager__V1__DailyMetrics *day_from_row(struct ccm_arena *arena, PGre
   Callmanager__V1__DailyMetrics *d = ccm_arena_alloc(arena, sizeof *d);
   if (d == NULL) return NULL;
   callmanager__v1__daily_metrics__init(d);
-  d->date = ccm_arena_strdup(arena, PQgetvalue(res, row, 0));
-  d->total_calls_initiated = ccm_db_get_ll(res, row, 1);
-  d->total_calls_picked = ccm_db_get_ll(res, row, 2);
-  d->total_calls_disconnected = ccm_db_get_ll(res, row, 3);
-  d->total_calls_rnr = ccm_db_get_ll(res, row, 4);
-  d->total_calls_failed = ccm_db_get_ll(res, row, 5);
-  d->total_retries = ccm_db_get_ll(res, row, 6);
-  d->peak_concurrent_calls = ccm_db_get_ll(res, row, 7);
-  d->total_call_duration = ccm_db_get_ll(res, row, 8);
-  sscanf(PQgetvalue(res, row, 9), "%lf", &d->avg_call_duration);
-  d->dlq_entries_created = ccm_db_get_ll(res, row, 10);
+  struct ccm_metrics_day day;
+  ccm_metrics_day_read(res, row, &day);
+  d->date = ccm_arena_strdup(arena, day.date);
+  d->total_calls_initiated = day.initiated;
+  d->total_calls_picked = day.picked;
+  d->total_calls_disconnected = day.disconnected;
+  d->total_calls_rnr = day.rnr;
+  d->total_calls_failed = day.failed;
+  d->total_retries = day.retries;
+  d->peak_concurrent_calls = day.peak;
+  d->total_call_duration = day.call_duration;
+  d->avg_call_duration = day.avg_call_duration;
+  d->dlq_entries_created = day.dlq_entries;
   return d->date != NULL ? d : NULL;
 }
 

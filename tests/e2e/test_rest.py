@@ -19,6 +19,7 @@ import unittest
 import uuid
 
 from grpc_env import psql, redis
+from rest_env import wait_until
 
 TOKEN = "dev-token-12345"
 HOST = "127.0.0.1"
@@ -108,15 +109,6 @@ def http(method, path, body=None, token=TOKEN, headers=None, timeout=30):
         return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, raw)
     finally:
         conn.close()
-
-
-def wait_until(predicate, timeout, what, interval=0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
 
 
 def in_flight():

@@ -101,7 +101,7 @@ static PGconn *connect_as(const char *dbname, const char *user, char *err, size_
     snprintf(err, errlen, "%s", c != NULL ? PQerrorMessage(c) : "out of memory");
     char *nl = strchr(err, '\n');
     if (nl != NULL) *nl = '\0';
-    PQfinish(c);
+    ccm_db_close(c);
     return NULL;
   }
   PQsetNoticeProcessor(c, ignore_notice, NULL); /* silence NOTICEs */
@@ -353,7 +353,7 @@ static const struct table_spec tables[] = {
       "created_at", "updated_at", "last_attempt_at", "next_retry_at", "total_call_time",
       "external_call_id", "error_message", NULL}},
     {"calls_callmetrics",
-     "BASE TABLE",
+     "VIEW",
      {"id", "date", "total_calls_initiated", "total_calls_picked", "total_calls_disconnected",
       "total_calls_rnr", "total_calls_failed", "total_retries", "peak_concurrent_calls",
       "total_call_duration", "avg_call_duration", "dlq_entries_created", NULL}},
@@ -536,11 +536,26 @@ static void test_calllog_constraints(void **state) {
   assert_string_equal(PQgetvalue(r, 0, 2), "0");
   for (int c = 3; c < 9; c++) assert_string_equal(PQgetvalue(r, 0, c), "t");
   PQclear(r);
-  /* One metrics row per date. */
-  exec_discard(db, "INSERT INTO calls_callmetrics (date) VALUES ('2025-01-24')");
-  assert_int_equal(
-      ccm_db_exec_simple(db, "INSERT INTO calls_callmetrics (date) VALUES ('2025-01-24')"),
-      CCM_ECONFLICT);
+  /* One row per date and shard; the view sums a date's shards into one row. */
+  exec_discard(db,
+               "INSERT INTO calls_callmetrics_shard (date, shard, total_calls_picked, "
+               "total_call_duration, peak_concurrent_calls) VALUES ('2025-01-24', 0, 1, 30, 4), "
+               "('2025-01-24', 7, 2, 90, 9)");
+  assert_int_equal(ccm_db_exec_simple(db,
+                                      "INSERT INTO calls_callmetrics_shard (date, shard) "
+                                      "VALUES ('2025-01-24', 7)"),
+                   CCM_ECONFLICT);
+  r = exec_ok(db,
+              "SELECT count(*), sum(total_calls_picked), sum(total_call_duration), "
+              "max(peak_concurrent_calls), max(avg_call_duration), max(id) "
+              "FROM calls_callmetrics WHERE date = '2025-01-24'");
+  assert_string_equal(PQgetvalue(r, 0, 0), "1");
+  assert_string_equal(PQgetvalue(r, 0, 1), "3");
+  assert_string_equal(PQgetvalue(r, 0, 2), "120");
+  assert_string_equal(PQgetvalue(r, 0, 3), "9");
+  assert_string_equal(PQgetvalue(r, 0, 4), "40");
+  assert_string_equal(PQgetvalue(r, 0, 5), "20112");
+  PQclear(r);
 }
 
 static void test_phonenumber_unique(void **state) {
@@ -699,7 +714,7 @@ static void test_seed_monitoring_queries(void **state) {
   assert_int_equal(PQntuples(r), 2);
   PQclear(r);
 
-  PQfinish(db);
+  ccm_db_close(db);
   db = saved;
   drop_database(name);
 }
@@ -765,7 +780,7 @@ static void test_concurrent_apply(void **state) {
     /* And a third run finds nothing to do. */
     assert_int_equal(ccm_migrate_apply(r[1].conn, NULL), CCM_OK);
     for (int i = 0; i < 2; i++) {
-      PQfinish(r[i].conn);
+      ccm_db_close(r[i].conn);
       free(r[i].out);
     }
     drop_database(name);
@@ -794,7 +809,7 @@ static void test_failure_rolls_back(void **state) {
   assert_int_equal(ccm_migrate_apply(c, NULL), CCM_OK);
   assert_int_equal(query_ll(c, "SELECT count(*) FROM schema_migrations"),
                    (long long)ccm_migrations_count);
-  PQfinish(c);
+  ccm_db_close(c);
   drop_database(name);
 }
 
@@ -827,7 +842,7 @@ static void test_no_stray_notices(void **state) {
   fflush(stderr);
   dup2(saved, STDERR_FILENO);
   close(saved);
-  PQfinish(c);
+  ccm_db_close(c);
   assert_int_equal(rc, CCM_OK);
   char text[1024] = "";
   FILE *f = fopen(path, "r");
@@ -867,10 +882,10 @@ static int group_setup(void **state) {
 
 static int group_teardown(void **state) {
   (void)state;
-  if (db != NULL) PQfinish(db);
+  if (db != NULL) ccm_db_close(db);
   db = NULL;
   for (int i = 0; i < created_count; i++) drop_database(created[i]);
-  if (admin != NULL) PQfinish(admin);
+  if (admin != NULL) ccm_db_close(admin);
   admin = NULL;
   ccm_config_free(&cfg);
   ccm_log_close();

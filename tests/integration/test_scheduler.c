@@ -564,11 +564,17 @@ static void test_redis_outage_and_reconcile(void **state) {
   assert_int_equal(rep.claimed, 0);
   assert_string_equal(get_call(due).status, "DISCONNECTED");
   assert_false(holds_slot(flight));
+  /* A slot taken by another process just before the reconciliation (its
+   * call not committed yet) must survive it: the rebuild merges. */
+  long long count = 0;
+  assert_int_equal(ccm_slots_acquire(redis, &cfg, "concurrent_slot", 1, 1000000, &count), CCM_OK);
   /* Redis answers again: the slot set is rebuilt, then claims go on. */
   assert_int_equal(ccm_scheduler_run_once(s, &rep), CCM_OK);
   assert_true(rep.reconciled);
   assert_true(rep.reconciled_n >= 1);
   assert_true(holds_slot(flight));
+  assert_true(holds_slot("concurrent_slot"));
+  assert_int_equal(ccm_slots_release(redis, &cfg, "concurrent_slot", 1), CCM_OK);
   assert_int_equal(rep.claimed, 1);
   assert_string_equal(get_call(due).status, "RETRYING");
   assert_true(log_contains("app.log", "concurrency slots reconciled"));
@@ -751,12 +757,13 @@ static void test_generate_metrics(void **state) {
   PQclear(r);
   const char *dates[] = {prev2, prev, day, next};
   for (int i = 0; i < 4; i++) {
-    sql_do("DELETE FROM calls_callmetrics WHERE date = $1::date", 1, &dates[i]);
+    sql_do("DELETE FROM calls_callmetrics_shard WHERE date = $1::date", 1, &dates[i]);
   }
-  /* A stored row with a wrong counter and a peak that must survive. */
+  /* Stored shards with wrong counters and a peak that must survive. */
   sql_do(
-      "INSERT INTO calls_callmetrics (date, total_calls_initiated, peak_concurrent_calls) "
-      "VALUES ($1::date, 999, 7)",
+      "INSERT INTO calls_callmetrics_shard (date, shard, total_calls_initiated, "
+      "peak_concurrent_calls, total_calls_picked) VALUES ($1::date, 5, 999, 7, 40), "
+      "($1::date, 0, 12, 2, 3)",
       1, &dates[2]);
 
   long long campaign = create_campaign("metrics");
@@ -889,7 +896,7 @@ static void test_generate_metrics(void **state) {
   free(rows);
 
   for (int i = 0; i < 4; i++) {
-    sql_do("DELETE FROM calls_callmetrics WHERE date = $1::date", 1, &dates[i]);
+    sql_do("DELETE FROM calls_callmetrics_shard WHERE date = $1::date", 1, &dates[i]);
   }
   const char *tp[] = {topic};
   sql_do("DELETE FROM calls_dlqentry WHERE original_topic = $1", 1, tp);
@@ -930,7 +937,7 @@ static int group_setup(void **state) {
   if (PQresultStatus(r) != PGRES_TUPLES_OK) {
     snprintf(unreachable, sizeof unreachable, "database %s is not migrated (run ccm migrate)",
              cfg.db_name != NULL ? cfg.db_name : "?");
-    PQfinish(db);
+    ccm_db_close(db);
     db = NULL;
   }
   PQclear(r);
@@ -960,7 +967,7 @@ static int group_teardown(void **state) {
   }
   clear_slots();
   if (redis != NULL) redisFree(redis);
-  if (db != NULL) PQfinish(db);
+  if (db != NULL) ccm_db_close(db);
   redis = NULL;
   db = NULL;
   ccm_config_free(&cfg);

@@ -51,6 +51,7 @@ static const char *const config_vars[] = {"DATABASE_URL",
                                           "EXTERNAL_SERVICE_URL",
                                           "EXTERNAL_CALL_SERVICE_URL",
                                           "EXTERNAL_SERVICE_TIMEOUT_SECONDS",
+                                          "CONSUMER_WORKERS",
                                           "DLQ_RETENTION_DAYS",
                                           "STALE_CALL_TIMEOUT_MINUTES",
                                           "STALE_CALL_TIMEOUT_SECONDS",
@@ -206,6 +207,7 @@ static void test_defaults(void **state) {
 
   assert_string_equal(cfg.external_service_url, "http://localhost:8001/api/initiate-call");
   assert_int_equal(cfg.external_timeout_seconds, 30);
+  assert_int_equal(cfg.consumer_workers, 8);
   assert_int_equal(cfg.dlq_retention_days, 7);
   assert_int_equal(cfg.stale_timeout_seconds, 60 * 60);
   assert_null(cfg.callback_signing_secret);
@@ -279,6 +281,7 @@ static void test_all_values_read(void **state) {
   set("RETRY_SCHEDULE_CONFIG_PATH", "/etc/ccm/retry.yaml");
   set("MAX_CONCURRENT_CALLS", "7");
   set("EXTERNAL_SERVICE_TIMEOUT_SECONDS", "9");
+  set("CONSUMER_WORKERS", "3");
   set("DLQ_RETENTION_DAYS", "0");
   set("CALLBACK_SIGNING_SECRET", "s3cret");
   set("GATEWAY_RPC_TIMEOUT_MS", "1500");
@@ -314,6 +317,7 @@ static void test_all_values_read(void **state) {
   assert_int_equal(cfg.max_concurrent_calls, 7);
   assert_true(cfg.max_concurrent_calls_set);
   assert_int_equal(cfg.external_timeout_seconds, 9);
+  assert_int_equal(cfg.consumer_workers, 3);
   assert_int_equal(cfg.dlq_retention_days, 0);
   assert_string_equal(cfg.callback_signing_secret, "s3cret");
   assert_int_equal(cfg.gateway_rpc_timeout_ms, 1500);
@@ -618,6 +622,8 @@ static void test_invalid_integers(void **state) {
       {"STALE_CALL_TIMEOUT_MINUTES", "1h"},
       {"STALE_CALL_TIMEOUT_SECONDS", "-30"},
       {"EXTERNAL_SERVICE_TIMEOUT_SECONDS", "0"},
+      {"CONSUMER_WORKERS", "0"},
+      {"CONSUMER_WORKERS", "65"},
       {"DLQ_RETENTION_DAYS", "-1"},
       {"DLQ_RETENTION_DAYS", "seven"},
       {"GATEWAY_RPC_TIMEOUT_MS", ""},
