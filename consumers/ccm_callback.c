@@ -31,21 +31,24 @@ struct locked_call {
   long long campaign_id;
 };
 
-/* Which attempt a callback names: returns the attempt number of its
- * external id, 0 when absent or unknown. */
-static int named_attempt(PGconn *db, const char *call_id, const char *external_id, int *rc) {
-  *rc = CCM_OK;
-  if (external_id == NULL || external_id[0] == '\0') return 0;
-  const char *params[] = {call_id, external_id};
+/* Explains why the callback and its call were not found together: the
+ * callback is not recorded, or its call does not exist. Returns CCM_EINVAL
+ * (dead-lettered) with the reason in err, or a database status. */
+static int missing_row(struct ccm_consumer_ctx *ctx,
+                       const Callmanager__Events__V1__CallbackEvent *ev, const char *id, char *err,
+                       size_t errlen) {
+  const char *params[] = {id};
   PGresult *res = NULL;
-  *rc = ccm_db_exec(db,
-                    "SELECT max(attempt) FROM calls_callattempt "
-                    "WHERE call_id = $1 AND external_call_id = $2",
-                    2, params, &res);
-  if (*rc != CCM_OK) return 0;
-  int attempt = (int)ccm_db_get_ll(res, 0, 0);
+  int rc =
+      ccm_db_exec(ctx->db, "SELECT 1 FROM calls_callback WHERE id = $1::bigint", 1, params, &res);
+  if (rc != CCM_OK) return rc;
+  bool recorded = PQntuples(res) > 0;
   PQclear(res);
-  return attempt;
+  if (recorded)
+    snprintf(err, errlen, "callback for unknown call %s", ev->call_id);
+  else
+    snprintf(err, errlen, "callback %s of %s is not recorded", id, ev->call_id);
+  return CCM_EINVAL;
 }
 
 /* Decides whether the callback applies. Returns NULL when it does, else the
@@ -181,49 +184,42 @@ static int apply_in_tx(struct ccm_consumer_ctx *ctx,
                        size_t errlen) {
   char id[32];
   snprintf(id, sizeof id, "%lld", (long long)ev->callback_id);
-  const char *idp[] = {id};
+  const char *external_id = ev->external_call_id[0] != '\0' ? ev->external_call_id : NULL;
+  const char *params[] = {id, ev->call_id, external_id};
   PGresult *res = NULL;
+  /* One round trip: the callback and its call, both locked, and the
+   * attempt the callback's external id names (NULL: none). */
   int rc = ccm_db_exec(ctx->db,
-                       "SELECT applied_at IS NOT NULL, result LIKE 'applied:%', attempt "
-                       "FROM calls_callback WHERE id = $1 FOR UPDATE",
-                       1, idp, &res);
+                       "SELECT b.applied_at IS NOT NULL, b.result LIKE 'applied:%', b.attempt, "
+                       "c.status, c.attempt_count, c.campaign_id, c.max_attempts, "
+                       "(SELECT max(a.attempt) FROM calls_callattempt a "
+                       "WHERE a.call_id = $2 AND a.external_call_id = $3) "
+                       "FROM calls_callback b JOIN calls_calllog c ON c.call_id = $2 "
+                       "WHERE b.id = $1::bigint FOR UPDATE OF b, c",
+                       3, params, &res);
   if (rc != CCM_OK) return rc;
   if (PQntuples(res) == 0) {
     PQclear(res);
-    snprintf(err, errlen, "callback %s of %s is not recorded", id, ev->call_id);
-    return CCM_EINVAL;
+    return missing_row(ctx, ev, id, err, errlen);
   }
   bool already = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
   bool was_applied = strcmp(PQgetvalue(res, 0, 1), "t") == 0 && !ccm_db_is_null(res, 0, 2);
   int applied_attempt = (int)ccm_db_get_ll(res, 0, 2);
-  PQclear(res);
   if (already) {
+    PQclear(res);
     /* Redelivery: applied before. That attempt is over, so its slot goes
      * back (idempotent), in case a crash came between commit and release. */
     if (was_applied) *release = applied_attempt;
     return CCM_OK;
   }
-
-  const char *cp[] = {ev->call_id};
-  rc = ccm_db_exec(ctx->db,
-                   "SELECT status, attempt_count, campaign_id, max_attempts FROM calls_calllog "
-                   "WHERE call_id = $1 FOR UPDATE",
-                   1, cp, &res);
-  if (rc != CCM_OK) return rc;
-  if (PQntuples(res) == 0) {
-    PQclear(res);
-    snprintf(err, errlen, "callback for unknown call %s", ev->call_id);
-    return CCM_EINVAL;
-  }
   struct locked_call call;
-  snprintf(call.status, sizeof call.status, "%s", PQgetvalue(res, 0, 0));
-  call.attempt_count = (int)ccm_db_get_ll(res, 0, 1);
-  call.campaign_id = ccm_db_get_ll(res, 0, 2);
-  int current_max = (int)ccm_db_get_ll(res, 0, 3);
+  snprintf(call.status, sizeof call.status, "%s", PQgetvalue(res, 0, 3));
+  call.attempt_count = (int)ccm_db_get_ll(res, 0, 4);
+  call.campaign_id = ccm_db_get_ll(res, 0, 5);
+  int current_max = (int)ccm_db_get_ll(res, 0, 6);
+  int named = (int)ccm_db_get_ll(res, 0, 7);
   PQclear(res);
 
-  int named = named_attempt(ctx->db, ev->call_id, ev->external_call_id, &rc);
-  if (rc != CCM_OK) return rc;
   const char *ignored = ignore_reason(&call, named, ev->call_id, ev->external_call_id);
   if (ignored != NULL) {
     const char *p[] = {id, ignored};

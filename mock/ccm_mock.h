@@ -23,7 +23,7 @@ struct ccm_mock_options {
   int retry_initial_ms; /* 1000 */
   int retry_max_ms;     /* 60000 */
   int give_up_ms;       /* 3600000 */
-  int senders;          /* 4 callback sender threads */
+  int senders;          /* 16 callback sender threads */
   int http_threads;     /* 4 MHD pool threads */
 };
 
