@@ -12,6 +12,7 @@
 #include "ccm_error.h"
 #include "ccm_kafka.h"
 #include "ccm_log.h"
+#include "ccm_offsets.h"
 #include "ccm_redis.h"
 #include "ccm_slots.h"
 #include "ccm_time.h"
@@ -145,13 +146,6 @@ static bool process(struct ccm_consumer_ctx *ctx, const struct ccm_consumer_spec
 #define QUEUE_PER_WORKER 32
 #define PARTITIONS_MAX 4096
 
-/* Offsets of one partition's messages in flight, in arrival order. */
-struct part_track {
-  int64_t *offsets; /* ring of `cap` entries, head first */
-  bool *done;
-  int head, count, cap;
-};
-
 struct job {
   rd_kafka_message_t *msg;
 };
@@ -170,10 +164,10 @@ struct pool {
   rd_kafka_t *rk;
   atomic_bool *stop;
   pthread_mutex_t mu;
-  pthread_cond_t work_cv; /* a job queued, or stopping */
-  pthread_cond_t done_cv; /* a job finished (room in a queue, or drained) */
-  int in_flight;          /* queued or being handled */
-  struct part_track *parts;
+  pthread_cond_t work_cv;    /* a job queued, or stopping */
+  pthread_cond_t done_cv;    /* a job finished (room in a queue, or drained) */
+  int in_flight;             /* queued or being handled */
+  struct ccm_offsets *parts; /* per partition number, allocated on first use */
   int nparts;
   struct worker *workers;
   int nworkers;
@@ -192,51 +186,27 @@ static uint32_t key_hash(const rd_kafka_message_t *msg) {
 
 /* Returns the partition's tracker (grown on demand), or NULL when the
  * partition number is out of range or memory ran out; pool->mu held. */
-static struct part_track *track_of(struct pool *p, int32_t partition) {
+static struct ccm_offsets *track_of(struct pool *p, int32_t partition) {
   if (partition < 0 || partition >= PARTITIONS_MAX) return NULL;
   if (partition >= p->nparts) {
     int n = partition + 1;
-    struct part_track *grown = realloc(p->parts, (size_t)n * sizeof *grown);
+    struct ccm_offsets *grown = realloc(p->parts, (size_t)n * sizeof *grown);
     if (grown == NULL) return NULL;
     memset(grown + p->nparts, 0, (size_t)(n - p->nparts) * sizeof *grown);
     p->parts = grown;
     p->nparts = n;
   }
-  struct part_track *t = &p->parts[partition];
-  if (t->cap == 0) {
-    int cap = p->nworkers * QUEUE_PER_WORKER;
-    t->offsets = calloc((size_t)cap, sizeof *t->offsets);
-    t->done = calloc((size_t)cap, sizeof *t->done);
-    if (t->offsets == NULL || t->done == NULL) {
-      free(t->offsets);
-      free(t->done);
-      t->offsets = NULL;
-      t->done = NULL;
-      return NULL;
-    }
-    t->cap = cap;
-  }
+  struct ccm_offsets *t = &p->parts[partition];
+  if (t->cap == 0 && ccm_offsets_init(t, p->nworkers * QUEUE_PER_WORKER) != CCM_OK) return NULL;
   return t;
 }
 
-/* Marks msg's offset done and stores the offset after the longest done
- * prefix of its partition; pool->mu held. */
+/* Marks msg's offset done (or given up) and, when its partition's commit
+ * point moved, stores it for the next commit; pool->mu held. */
 static void track_done(struct pool *p, const rd_kafka_message_t *msg, bool done) {
-  struct part_track *t = track_of(p, msg->partition);
+  struct ccm_offsets *t = track_of(p, msg->partition);
   if (t == NULL) return;
-  for (int i = 0; i < t->count; i++) {
-    int at = (t->head + i) % t->cap;
-    if (t->offsets[at] == msg->offset) {
-      t->done[at] = done;
-      break;
-    }
-  }
-  int64_t next = -1;
-  while (t->count > 0 && t->done[t->head]) {
-    next = t->offsets[t->head] + 1;
-    t->head = (t->head + 1) % t->cap;
-    t->count--;
-  }
+  int64_t next = ccm_offsets_done(t, msg->offset, done);
   if (next < 0) return;
   rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
   rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(msg->rkt), msg->partition)->offset =
@@ -287,8 +257,8 @@ static void *worker_main(void *arg) {
 static bool dispatch(struct pool *p, rd_kafka_message_t *msg) {
   struct worker *w = &p->workers[key_hash(msg) % (uint32_t)p->nworkers];
   pthread_mutex_lock(&p->mu);
-  struct part_track *t = track_of(p, msg->partition);
-  while (t != NULL && (w->q_count == QUEUE_PER_WORKER || t->count == t->cap) &&
+  struct ccm_offsets *t = track_of(p, msg->partition);
+  while (t != NULL && (w->q_count == QUEUE_PER_WORKER || ccm_offsets_full(t)) &&
          !atomic_load(p->stop)) {
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
@@ -299,12 +269,15 @@ static bool dispatch(struct pool *p, rd_kafka_message_t *msg) {
     }
     pthread_cond_timedwait(&p->done_cv, &p->mu, &until);
   }
+  /* Offsets only grow within a partition's assignment; one that does not
+   * (a reassigned partition redelivered from its committed offset) means
+   * the old entries are stale. */
+  if (t != NULL && !atomic_load(p->stop) && ccm_offsets_add(t, msg->offset) == CCM_EINVAL) {
+    ccm_offsets_reset(t);
+    ccm_offsets_add(t, msg->offset);
+  }
   bool ok = t != NULL && !atomic_load(p->stop);
   if (ok) {
-    int at = (t->head + t->count) % t->cap;
-    t->offsets[at] = msg->offset;
-    t->done[at] = false;
-    t->count++;
     w->queue[(w->q_head + w->q_count) % QUEUE_PER_WORKER].msg = msg;
     w->q_count++;
     p->in_flight++;
@@ -325,10 +298,7 @@ static bool dispatch(struct pool *p, rd_kafka_message_t *msg) {
 static void drain_and_commit(struct pool *p) {
   pthread_mutex_lock(&p->mu);
   while (p->in_flight > 0) pthread_cond_wait(&p->done_cv, &p->mu);
-  for (int i = 0; i < p->nparts; i++) {
-    p->parts[i].head = 0;
-    p->parts[i].count = 0;
-  }
+  for (int i = 0; i < p->nparts; i++) ccm_offsets_reset(&p->parts[i]);
   pthread_mutex_unlock(&p->mu);
   rd_kafka_resp_err_t e = rd_kafka_commit(p->rk, NULL, 0);
   if (e != RD_KAFKA_RESP_ERR_NO_ERROR && e != RD_KAFKA_RESP_ERR__NO_OFFSET) {
@@ -398,10 +368,7 @@ static void pool_free(struct pool *p) {
     if (w->ctx.db != NULL) ccm_db_close(w->ctx.db);
     if (w->ctx.redis != NULL) redisFree(w->ctx.redis);
   }
-  for (int i = 0; i < p->nparts; i++) {
-    free(p->parts[i].offsets);
-    free(p->parts[i].done);
-  }
+  for (int i = 0; i < p->nparts; i++) ccm_offsets_free(&p->parts[i]);
   free(p->parts);
   free(p->workers);
   pthread_cond_destroy(&p->work_cv);

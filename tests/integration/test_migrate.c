@@ -819,6 +819,72 @@ static void test_failure_rolls_back(void **state) {
  * prints every NOTICE raw to stderr: e.g. each `ccm migrate` after the first
  * prints "NOTICE:  relation "schema_migrations" already exists, skipping",
  * outside the log format of SPEC 10. Expected: nothing on stderr. */
+/* ccm_db_exec prepares a statement with parameters once per connection,
+ * prepares again on a new backend (after a reset), never breaks a
+ * transaction, and past its cache limit runs statements unprepared. */
+static long long prepared_count(PGconn *conn, const char *sql_like) {
+  const char *params[] = {sql_like};
+  PGresult *r =
+      PQexecParams(conn, "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE $1", 1,
+                   NULL, params, NULL, NULL, 0);
+  assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+  long long n = atoll(PQgetvalue(r, 0, 0));
+  PQclear(r);
+  return n;
+}
+
+static void expect_sum(PGconn *conn, const char *sql, const char *arg, const char *want) {
+  const char *params[] = {arg};
+  PGresult *r = NULL;
+  assert_int_equal(ccm_db_exec(conn, sql, 1, params, &r), CCM_OK);
+  assert_string_equal(PQgetvalue(r, 0, 0), want);
+  PQclear(r);
+}
+
+static void test_prepared_statements(void **state) {
+  (void)state;
+  require_db();
+  static const char sql[] = "SELECT $1::int + 1 /* ccm prepared test */";
+  expect_sum(db, sql, "41", "42");
+  expect_sum(db, sql, "1", "2");
+  assert_int_equal(prepared_count(db, "%ccm prepared test%"), 1);
+
+  /* In an aborted transaction the statement fails like any other and the
+   * connection recovers after ROLLBACK. */
+  exec_discard(db, "BEGIN");
+  PQclear(PQexec(db, "SELECT 1/0"));
+  static const char other[] = "SELECT $1::int * 2 /* ccm prepared test 2 */";
+  const char *params[] = {"21"};
+  assert_int_not_equal(ccm_db_exec(db, other, 1, params, NULL), CCM_OK);
+  exec_discard(db, "ROLLBACK");
+  expect_sum(db, other, "21", "42");
+  /* Inside a healthy transaction a first use prepares and runs it. */
+  static const char third[] = "SELECT $1::int - 1 /* ccm prepared test 3 */";
+  exec_discard(db, "BEGIN");
+  expect_sum(db, third, "43", "42");
+  exec_discard(db, "COMMIT");
+  assert_int_equal(prepared_count(db, "%ccm prepared test 3%"), 1);
+
+  /* A new backend knows nothing: the statement is prepared again. */
+  int pid = PQbackendPID(db);
+  PQreset(db);
+  assert_int_equal(PQstatus(db), CONNECTION_OK);
+  assert_int_not_equal(PQbackendPID(db), pid);
+  assert_int_equal(prepared_count(db, "%ccm prepared test%"), 0);
+  expect_sum(db, sql, "9", "10");
+  assert_int_equal(prepared_count(db, "%ccm prepared test%"), 1);
+
+  /* More distinct statements than the cache holds: all still run. */
+  for (int i = 0; i < 300; i++) {
+    char text[128], want[16];
+    snprintf(text, sizeof text, "SELECT $1::int + %d /* ccm many %d */", i, i);
+    snprintf(want, sizeof want, "%d", 5 + i);
+    expect_sum(db, text, "5", want);
+  }
+  long long many = prepared_count(db, "%ccm many%");
+  assert_true(many > 0 && many < 300);
+}
+
 static void test_no_stray_notices(void **state) {
   (void)state;
   require_db();
@@ -907,6 +973,7 @@ int main(void) {
       cmocka_unit_test(test_concurrent_apply),
       cmocka_unit_test(test_failure_rolls_back),
       cmocka_unit_test(test_no_stray_notices),
+      cmocka_unit_test(test_prepared_statements),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
