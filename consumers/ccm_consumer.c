@@ -313,14 +313,28 @@ static void drain_and_commit(struct pool *p) {
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *partitions, void *opaque) {
   struct pool *p = opaque;
+  /* KAFKA_PARTITION_ASSIGNMENT_STRATEGY may select the cooperative
+   * protocol, which moves only some partitions at a time. */
+  const char *protocol = rd_kafka_rebalance_protocol(rk);
+  bool cooperative = protocol != NULL && strcmp(protocol, "COOPERATIVE") == 0;
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-    rd_kafka_assign(rk, partitions);
+    if (cooperative) {
+      rd_kafka_error_t *e = rd_kafka_incremental_assign(rk, partitions);
+      if (e != NULL) rd_kafka_error_destroy(e);
+    } else {
+      rd_kafka_assign(rk, partitions);
+    }
     ccm_log_write(CCM_LOG_KAFKA, CCM_LOG_INFO, "kafka.consumer", "%s: %d partition(s) assigned",
                   p->spec->name, partitions->cnt);
     return;
   }
   drain_and_commit(p);
-  rd_kafka_assign(rk, NULL);
+  if (cooperative) {
+    rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, partitions);
+    if (e != NULL) rd_kafka_error_destroy(e);
+  } else {
+    rd_kafka_assign(rk, NULL);
+  }
 }
 
 static rd_kafka_t *consumer_new(const struct ccm_config *cfg, struct pool *pool, char *err,
