@@ -117,6 +117,15 @@ static int relay_batch(const struct ccm_config *cfg, PGconn *db, rd_kafka_t *pro
 
 /* Waits for a NOTIFY on ccm_outbox or the timeout. */
 static void wait_for_work(PGconn *db, int timeout_ms) {
+  /* libpq may already hold notifications, read along with earlier results
+   * (or by ccm_db_ensure's check of the idle connection): then there is
+   * work now, whatever the socket says. */
+  bool pending = false;
+  for (PGnotify *n = PQnotifies(db); n != NULL; n = PQnotifies(db)) {
+    PQfreemem(n);
+    pending = true;
+  }
+  if (pending) return;
   int fd = PQsocket(db);
   if (fd < 0) {
     ccm_time_sleep_ms(timeout_ms);

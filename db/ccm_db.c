@@ -1,5 +1,6 @@
 #include "ccm_db.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@
 struct stmt_conn {
   const PGconn *conn; /* NULL: free slot */
   int backend_pid;    /* a reset connection has a new backend: nothing prepared */
+  bool server_gone;   /* the backend sent FATAL or PANIC: reconnect before use */
   int count;
   uint64_t hashes[STMT_PER_CONN_MAX];
 };
@@ -48,6 +50,7 @@ static struct stmt_conn *stmt_conn_find(const PGconn *conn, int pid, bool create
     if (c->conn == conn) {
       if (c->backend_pid != pid) {
         c->backend_pid = pid;
+        c->server_gone = false;
         c->count = 0;
       }
       return c;
@@ -57,6 +60,7 @@ static struct stmt_conn *stmt_conn_find(const PGconn *conn, int pid, bool create
   if (!create || free_slot == NULL) return NULL;
   free_slot->conn = conn;
   free_slot->backend_pid = pid;
+  free_slot->server_gone = false;
   free_slot->count = 0;
   return free_slot;
 }
@@ -84,6 +88,21 @@ static void stmt_remember(const PGconn *conn, int pid, uint64_t hash) {
   struct stmt_conn *c = stmt_conn_find(conn, pid, true);
   if (c != NULL && c->count < STMT_PER_CONN_MAX) c->hashes[c->count++] = hash;
   pthread_mutex_unlock(&stmt_lock);
+}
+
+static void mark_server_gone(const PGconn *conn) {
+  pthread_mutex_lock(&stmt_lock);
+  struct stmt_conn *c = stmt_conn_find(conn, PQbackendPID(conn), true);
+  if (c != NULL) c->server_gone = true;
+  pthread_mutex_unlock(&stmt_lock);
+}
+
+static bool server_gone(const PGconn *conn) {
+  pthread_mutex_lock(&stmt_lock);
+  struct stmt_conn *c = stmt_conn_find(conn, PQbackendPID(conn), false);
+  bool gone = c != NULL && c->server_gone;
+  pthread_mutex_unlock(&stmt_lock);
+  return gone;
 }
 
 static void stmt_forget(const PGconn *conn) {
@@ -117,11 +136,15 @@ static bool stmt_prepare(PGconn *conn, const char *sql, int nparams, char *name,
 }
 
 /* Server notices ("relation already exists, skipping") go to debug.log
- * instead of raw stderr. */
-static void notice_to_log(void *arg, const char *message) {
-  (void)arg;
+ * instead of raw stderr. A FATAL one arrives on an idle connection whose
+ * backend is terminating (PostgreSQL shutting down or restarting): the
+ * connection is marked, and reconnected before its next statement. */
+static void on_notice(void *arg, const PGresult *res) {
+  const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+  if (severity != NULL && (strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0))
+    mark_server_gone(arg);
   char line[512];
-  snprintf(line, sizeof line, "%s", message);
+  snprintf(line, sizeof line, "%s", PQresultErrorMessage(res));
   char *nl = strchr(line, '\n');
   if (nl != NULL) *nl = '\0';
   ccm_debug("ccm.db", "PostgreSQL: %s", line);
@@ -150,7 +173,7 @@ int ccm_db_connect(const struct ccm_config *cfg, PGconn **out, char *err, size_t
     PQfinish(conn);
     return CCM_EUNAVAILABLE;
   }
-  PQsetNoticeProcessor(conn, notice_to_log, NULL);
+  PQsetNoticeReceiver(conn, on_notice, conn);
   PGresult *r = PQexec(conn, "SET TIME ZONE 'UTC'");
   PQclear(r);
   *out = conn;
@@ -163,9 +186,30 @@ void ccm_db_close(PGconn *conn) {
   PQfinish(conn);
 }
 
+/* True when an idle connection's server has gone away: a restarting or
+ * terminated backend sends its last message and closes the socket, which
+ * libpq only notices on the next use. Checking first spares the first
+ * request after a PostgreSQL restart a failure (with a transaction open
+ * nothing is checked: it could not be carried over anyway). */
+static bool idle_and_closed(PGconn *conn) {
+  if (PQtransactionStatus(conn) != PQTRANS_IDLE) return false;
+  struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN | POLLRDHUP};
+  if (pfd.fd < 0) return true;
+  /* Readable while idle: a notification (LISTEN), a notice, or the
+   * server's last words and the end of the stream. */
+  for (int i = 0; i < 4 && poll(&pfd, 1, 0) > 0; i++) {
+    if ((pfd.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0) return true;
+    if (PQconsumeInput(conn) == 0 || PQstatus(conn) != CONNECTION_OK) return true;
+    (void)PQisBusy(conn); /* parses what was read: notifications, notices */
+  }
+  /* The last words may come before the end of the stream: libpq hands an
+   * error received while idle to the notice receiver (on_notice). */
+  return server_gone(conn);
+}
+
 int ccm_db_ensure(PGconn *conn) {
   if (conn == NULL) return CCM_EUNAVAILABLE;
-  if (PQstatus(conn) == CONNECTION_OK) return CCM_OK;
+  if (PQstatus(conn) == CONNECTION_OK && !idle_and_closed(conn)) return CCM_OK;
   PQreset(conn);
   if (PQstatus(conn) != CONNECTION_OK) return CCM_EUNAVAILABLE;
   PGresult *r = PQexec(conn, "SET TIME ZONE 'UTC'");

@@ -885,6 +885,28 @@ static void test_prepared_statements(void **state) {
   assert_true(many > 0 && many < 300);
 }
 
+/* A connection whose backend went away while idle (PostgreSQL restarted,
+ * or an administrator terminated it) is reconnected before the next
+ * statement, which then succeeds instead of failing once. */
+static void test_reconnects_after_backend_terminated(void **state) {
+  (void)state;
+  require_db();
+  int pid = PQbackendPID(db);
+  char sql[128];
+  snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d)", pid);
+  exec_discard(admin, sql);
+  snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_stat_activity WHERE pid = %d", pid);
+  for (int i = 0; i < 250; i++) {
+    PGresult *r = exec_ok(admin, sql);
+    bool gone = strcmp(PQgetvalue(r, 0, 0), "0") == 0;
+    PQclear(r);
+    if (gone) break;
+    usleep(20 * 1000);
+  }
+  expect_sum(db, "SELECT $1::int + 1 /* ccm prepared test */", "1", "2");
+  assert_int_not_equal(PQbackendPID(db), pid);
+}
+
 static void test_no_stray_notices(void **state) {
   (void)state;
   require_db();
@@ -974,6 +996,7 @@ int main(void) {
       cmocka_unit_test(test_failure_rolls_back),
       cmocka_unit_test(test_no_stray_notices),
       cmocka_unit_test(test_prepared_statements),
+      cmocka_unit_test(test_reconnects_after_backend_terminated),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
