@@ -163,6 +163,70 @@ class Pipeline(unittest.TestCase):
         self.assertEqual(m["recent_metrics"][0]["dlq_entries_created"],
                          int(psql("SELECT count(*) FROM calls_dlqentry")))
 
+    def test_3_partitions_move_between_two_consumer_processes(self):
+        # A second `ccm consumers` joins mid-run (the group rebalances: the
+        # first drains its handler threads and commits before giving
+        # partitions up), then the first stops gracefully (the second takes
+        # everything). Every call is still dialled once and applied once.
+        n = max(CALLS // 3, 60)
+        numbers = ["+1777%07d" % i for i in range(n)]
+        accepted = []
+        lock = threading.Lock()
+        second = Consumers()
+        steps = []
+
+        def assignments():
+            with open(os.path.join(LOG_DIR, "kafka.log")) as f:
+                return f.read().count("partition(s) assigned")
+
+        def go(number):
+            call_id = self.initiate(number)
+            with lock:
+                accepted.append(call_id)
+                if len(accepted) == n // 3:
+                    before = assignments()
+                    second.start()
+                    # Both processes hold partitions of both topics after
+                    # the rebalance (eager: each is assigned anew).
+                    wait_until(lambda: assignments() >= before + 4, 60, "the group to rebalance")
+                    steps.append("joined")
+                if len(accepted) == 2 * n // 3:
+                    steps.append(self.consumers.stop())
+            return call_id
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor(8) as ex:
+                list(ex.map(go, numbers))
+        finally:
+            type(self).consumers = second  # tearDownClass stops this one
+        self.assertEqual(steps, ["joined", 0], "the first consumers process did not stop cleanly")
+        wait_until(lambda: in_flight() == 0, 180, "every call of the rebalance run to finish")
+
+        in_list = ",".join("'%s'" % c for c in accepted)
+        rows = psql("SELECT status, count(*) FROM calls_calllog WHERE call_id IN (%s) "
+                    "GROUP BY status" % in_list).splitlines()
+        counts = {k: int(v) for k, v in (line.split("|") for line in rows)}
+        self.assertEqual(sum(counts.values()), n, counts)
+        self.assertEqual(set(counts) - {"PICKED", "DISCONNECTED", "RNR", "FAILED"}, set(), counts)
+        status, stats, _ = request("GET", "/api/stats", token=None, base=mock_url())
+        self.assertEqual(status, 200)
+        for call_id in accepted:
+            self.assertEqual(stats["by_key"].get(call_id + ":1", {}).get("dials"), 1, call_id)
+        # One applied outcome per call, and the counters agree with the table.
+        self.assertEqual(psql("SELECT count(*) FROM calls_callback WHERE result LIKE 'applied:%%' "
+                              "AND call_id IN (%s)" % in_list), str(n))
+        totals = {k: int(v) for k, v in (line.split("|") for line in psql(
+            "SELECT status, count(*) FROM calls_calllog GROUP BY status").splitlines())}
+        status, m, _ = request("GET", "/api/v1/metrics/")
+        today = m["recent_metrics"][0]
+        self.assertEqual(today["total_calls_initiated"], sum(totals.values()))
+        self.assertEqual(today["total_calls_picked"], totals.get("PICKED", 0))
+        self.assertEqual(today["total_calls_disconnected"], totals.get("DISCONNECTED", 0))
+        self.assertEqual(today["total_calls_rnr"], totals.get("RNR", 0))
+        self.assertEqual(redis("GET", "active_calls_count"), "0")
+        with open(os.path.join(LOG_DIR, "kafka.log")) as f:
+            self.assertIn("partition(s) assigned", f.read())
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
