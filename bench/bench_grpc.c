@@ -52,6 +52,7 @@
 #include "callmanager/v1/call_manager.pb-c.h"
 #include "ccm_error.h"
 #include "ccm_rpc_client.h"
+#include "ccm_time.h"
 
 #define CM "/callmanager.v1.CallManager/"
 #define HEALTH_CHECK "/grpc.health.v1.Health/Check"
@@ -292,14 +293,7 @@ static void *retry_thread(void *arg) {
     int64_t t = now_ns();
     if (g_retry_head->due_ns > t) {
       int64_t wait = g_retry_head->due_ns - t;
-      struct timespec until;
-      clock_gettime(CLOCK_REALTIME, &until);
-      until.tv_sec += wait / 1000000000LL;
-      until.tv_nsec += wait % 1000000000LL;
-      if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-      }
+      struct timespec until = ccm_time_deadline(CLOCK_REALTIME, (wait + 999999) / 1000000);
       pthread_cond_timedwait(&g_cond, &g_mu, &until);
       continue;
     }

@@ -260,13 +260,7 @@ static bool dispatch(struct pool *p, rd_kafka_message_t *msg) {
   struct ccm_offsets *t = track_of(p, msg->partition);
   while (t != NULL && (w->q_count == QUEUE_PER_WORKER || ccm_offsets_full(t)) &&
          !atomic_load(p->stop)) {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_nsec += 100 * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-      until.tv_sec++;
-      until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = ccm_time_deadline(CLOCK_REALTIME, 100);
     pthread_cond_timedwait(&p->done_cv, &p->mu, &until);
   }
   /* Offsets only grow within a partition's assignment; one that does not

@@ -829,13 +829,7 @@ static void load_openapi(struct gateway *gw) {
 static void wait_resumed(struct gateway *gw, double deadline) {
   pthread_mutex_lock(&gw->mu);
   while (gw->suspended > 0 && now_ms() < deadline) {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_nsec += 50 * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-      until.tv_sec++;
-      until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = ccm_time_deadline(CLOCK_REALTIME, 50);
     pthread_cond_timedwait(&gw->cond, &gw->mu, &until);
   }
   pthread_mutex_unlock(&gw->mu);

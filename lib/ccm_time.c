@@ -41,3 +41,16 @@ void ccm_time_sleep_ms(int64_t ms) {
   while (nanosleep(&req, &req) != 0 && errno == EINTR) {
   }
 }
+
+struct timespec ccm_time_deadline(clockid_t clock, int64_t ms) {
+  struct timespec t;
+  clock_gettime(clock, &t);
+  if (ms < 0) ms = 0;
+  t.tv_sec += (time_t)(ms / 1000);
+  t.tv_nsec += (long)(ms % 1000) * 1000000L;
+  if (t.tv_nsec >= 1000000000L) {
+    t.tv_sec++;
+    t.tv_nsec -= 1000000000L;
+  }
+  return t;
+}

@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define CCM_TIME_ISO_BUF 32
 
@@ -19,6 +20,11 @@ char *ccm_time_format_iso(int64_t ms, char out[CCM_TIME_ISO_BUF]);
 
 /* Writes "YYYYmmddHHMMSS" (UTC) for ms into out. Returns out. */
 char *ccm_time_format_compact(int64_t ms, char out[CCM_TIME_ISO_BUF]);
+
+/* Returns the instant ms milliseconds (>= 0) after now on clock, for
+ * pthread_cond_timedwait (CLOCK_REALTIME, or the clock set on the
+ * condition's attributes). */
+struct timespec ccm_time_deadline(clockid_t clock, int64_t ms);
 
 /* Sleeps for ms milliseconds (restarting after signals). */
 void ccm_time_sleep_ms(int64_t ms);

@@ -46,6 +46,7 @@
 #include "ccm_error.h"
 #include "ccm_log.h"
 #include "ccm_rpc.h"
+#include "ccm_time.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "grpc/reflection/v1alpha/reflection.pb-c.h"
 
@@ -1334,14 +1335,7 @@ static bool wait_quiet(struct ccm_rpc_server *srv, int64_t wait_ms) {
   while (srv->live > 0 || !srv->notified) {
     int64_t slice = wait_ms < 0 ? RPC_STUCK_LOG_MS : wait_ms - (int64_t)elapsed_ms(&start);
     if (slice <= 0) break;
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += slice / 1000;
-    until.tv_nsec += (slice % 1000) * 1000000;
-    if (until.tv_nsec >= 1000000000) {
-      until.tv_sec++;
-      until.tv_nsec -= 1000000000;
-    }
+    struct timespec until = ccm_time_deadline(CLOCK_MONOTONIC, slice);
     int rc = pthread_cond_timedwait(&srv->cv, &srv->mu, &until);
     if (rc == ETIMEDOUT && wait_ms < 0) {
       ccm_warn(LOGGER, "gRPC shutdown still waiting for %zu call(s)", srv->live);
