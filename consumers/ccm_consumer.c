@@ -146,16 +146,12 @@ static bool process(struct ccm_consumer_ctx *ctx, const struct ccm_consumer_spec
 #define QUEUE_PER_WORKER 32
 #define PARTITIONS_MAX 4096
 
-struct job {
-  rd_kafka_message_t *msg;
-};
-
 struct worker {
   struct pool *pool;
   pthread_t thread;
   bool started;
   struct ccm_consumer_ctx ctx;
-  struct job queue[QUEUE_PER_WORKER];
+  rd_kafka_message_t *queue[QUEUE_PER_WORKER]; /* ring, q_head first */
   int q_head, q_count;
 };
 
@@ -228,7 +224,7 @@ static void *worker_main(void *arg) {
   for (;;) {
     while (w->q_count == 0 && !atomic_load(p->stop)) pthread_cond_wait(&p->work_cv, &p->mu);
     if (w->q_count == 0) break; /* stopping with nothing queued */
-    rd_kafka_message_t *msg = w->queue[w->q_head].msg;
+    rd_kafka_message_t *msg = w->queue[w->q_head];
     w->q_head = (w->q_head + 1) % QUEUE_PER_WORKER;
     w->q_count--;
     /* Stopping: queued messages are left undone (redelivered later). */
@@ -251,10 +247,10 @@ static void *worker_main(void *arg) {
 
 /* Queues msg on its key's worker, waiting for room in its queue and in
  * its partition's tracker (a slow message holds the done ones after it).
- * Returns false (msg destroyed, offset not stored) when stopping; out of
- * memory stops the consumer (restarted by the supervisor; nothing is
- * skipped because the offset stays behind msg). */
-static bool dispatch(struct pool *p, rd_kafka_message_t *msg) {
+ * When stopping, msg is destroyed unhandled (its offset is not stored, so
+ * it is redelivered); out of memory stops the consumer (restarted by the
+ * supervisor; nothing is skipped because the offset stays behind msg). */
+static void dispatch(struct pool *p, rd_kafka_message_t *msg) {
   struct worker *w = &p->workers[key_hash(msg) % (uint32_t)p->nworkers];
   pthread_mutex_lock(&p->mu);
   struct ccm_offsets *t = track_of(p, msg->partition);
@@ -272,7 +268,7 @@ static bool dispatch(struct pool *p, rd_kafka_message_t *msg) {
   }
   bool ok = t != NULL && !atomic_load(p->stop);
   if (ok) {
-    w->queue[(w->q_head + w->q_count) % QUEUE_PER_WORKER].msg = msg;
+    w->queue[(w->q_head + w->q_count) % QUEUE_PER_WORKER] = msg;
     w->q_count++;
     p->in_flight++;
     pthread_cond_broadcast(&p->work_cv);
@@ -284,7 +280,6 @@ static bool dispatch(struct pool *p, rd_kafka_message_t *msg) {
     atomic_store(p->stop, true);
   }
   if (!ok) rd_kafka_message_destroy(msg);
-  return ok;
 }
 
 /* Waits until every dispatched message is handled (or, when stopping,

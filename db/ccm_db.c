@@ -197,14 +197,17 @@ static bool idle_and_closed(PGconn *conn) {
   if (pfd.fd < 0) return true;
   /* Readable while idle: a notification (LISTEN), a notice, or the
    * server's last words and the end of the stream. */
+  bool read = false;
   for (int i = 0; i < 4 && poll(&pfd, 1, 0) > 0; i++) {
     if ((pfd.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0) return true;
     if (PQconsumeInput(conn) == 0 || PQstatus(conn) != CONNECTION_OK) return true;
     (void)PQisBusy(conn); /* parses what was read: notifications, notices */
+    read = true;
   }
   /* The last words may come before the end of the stream: libpq hands an
-   * error received while idle to the notice receiver (on_notice). */
-  return server_gone(conn);
+   * error received while idle to the notice receiver (on_notice). Only
+   * looked up when something arrived, to keep the common path a poll. */
+  return read && server_gone(conn);
 }
 
 int ccm_db_ensure(PGconn *conn) {
